@@ -1,0 +1,43 @@
+# `make demo` and `make test` are all a newcomer needs: each creates the virtualenv on first use.
+# torch is installed first, pinned to 2.13.0 (the CPU build on these machines; a GPU cluster installs its own
+# CUDA build of 2.13 before `make install`), and every other package is held to constraints.txt so that no
+# dependency can pull a different torch.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+PYTEST_ARGS ?=
+
+.PHONY: install demo demo-fast test lint unit bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -c "import torch; assert not torch.version.cuda or '$(ALLOW_CUDA_TORCH)', 'a CUDA torch was installed'"
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/lcr run recipes/tiny_cpu/study.yaml
+
+demo-fast: $(STAMP)
+	DEMO_FAST=1 $(VENV)/bin/lcr run recipes/tiny_cpu/study.yaml
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -m "not distributed and not slow and not slurm" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs

@@ -1,0 +1,75 @@
+"""``lcr``: the one command. ``lcr config show RECIPE [section.key=value ...]`` prints the resolved recipe.
+
+Verbs: config, prepare, train, preflight, convert, eval, report, run, launch, plan. Each verb's module is imported
+only when it runs, so ``lcr config show`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+
+from lcrecipes.config import ConfigError
+
+log = logging.getLogger("lcrecipes")
+
+# verb -> (module with `add_arguments(parser)` and `main(args) -> int`, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "config": ("lcrecipes.commands.config", "show or validate a resolved recipe"),
+}
+# Verbs whose implementation has not landed yet: they say so and exit non-zero.
+PENDING: dict[str, str] = {
+    "prepare": "data prep (issue 3)",
+    "train": "training backends (issues 4 and 6)",
+    "preflight": "CP preflight (issue 4)",
+    "convert": "checkpoint conversion (issue 7)",
+    "eval": "evaluation (issue 5)",
+    "report": "reports (issue 5)",
+    "run": "the end-to-end pipeline (issue 8)",
+    "launch": "cluster launch (issue 9)",
+    "plan": "the memory planner (issue 9)",
+}
+
+
+def _pending(verb: str, what: str) -> Callable[[argparse.Namespace], int]:
+    def run(_: argparse.Namespace) -> int:
+        print(f"lcr {verb}: not built yet — {what} has not landed in this version.", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lcr", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, (module, help_) in VERBS.items():
+        p = sub.add_parser(verb, help=help_)
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.main)
+    for verb, what in PENDING.items():
+        if verb in VERBS:
+            continue
+        p = sub.add_parser(verb, help=f"(not built yet: {what})")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_pending(verb, what))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"lcr {args.verb}: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

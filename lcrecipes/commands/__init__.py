@@ -1,0 +1,1 @@
+"""One module per ``lcr`` verb: ``add_arguments(parser)`` and ``main(args) -> exit code``."""
