@@ -19,6 +19,7 @@ log = logging.getLogger("lcrecipes")
 # verb -> (module with `add_arguments(parser)` and `main(args) -> int`, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "config": ("lcrecipes.commands.config", "show or validate a resolved recipe"),
+    "plan": ("lcrecipes.commands.plan", "predict per-GPU memory and recommend a layout"),
 }
 # Verbs whose implementation has not landed yet: they say so and exit non-zero.
 PENDING: dict[str, str] = {
