@@ -1,0 +1,121 @@
+"""Top-k retrieval attention at decode time (the study's RetrievalAttention setting), our own implementation.
+
+The whole KV cache is kept (no memory is freed). After the prefill, every query head of every layer attends
+only to the `k` context keys with the highest q·k scores for that query, plus, always, every entry after the
+context: the question tokens (when they were fed after the context) and the tokens generated so far. Those
+post-context entries are the "recent window" that is never dropped; the budget counts context keys only.
+The prefill itself uses full attention (as RetrievalAttention/RetroInfer do).
+
+Mode query_aware: context + question are prefilled with full attention; top-k applies to generated tokens.
+Mode query_agnostic: the context alone is prefilled; the question's tokens are then fed with top-k attention
+over the context (as when a cached context is reused), and generation continues the same way.
+
+Mechanism: `topk_retrieval_attention` is registered in transformers' `AttentionInterface` (and the sdpa mask
+builder in `AttentionMaskInterface`) under `ATTN_NAME`. Without the `topk_context_len` / `topk_k` forward
+kwargs, or with `k >= topk_context_len`, it calls the registered sdpa function unchanged, so a model using it
+behaves exactly like sdpa. The exact top-k is computed over all scores (no approximate index), so decode cost
+is that of dense attention: this models RetrievalAttention's accuracy, not its speed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from lcrecipes.eval.compression.base import CompressionMethod
+
+ATTN_NAME = "lcr_topk_retrieval"
+
+
+def allowed_positions(
+    attention_mask: torch.Tensor | None, q_len: int, kv_len: int, device: torch.device
+) -> torch.Tensor:
+    """Boolean `[batch or 1, 1, q_len, kv_len]`: True where a query may attend a key.
+    No mask means causal with the queries at the last q_len positions; a float mask allows its 0 entries."""
+    if attention_mask is None:
+        rows = torch.arange(kv_len - q_len, kv_len, device=device).unsqueeze(-1)
+        return (torch.arange(kv_len, device=device) <= rows)[None, None]
+    if attention_mask.dtype == torch.bool:
+        return attention_mask
+    return attention_mask > torch.finfo(attention_mask.dtype).min / 2
+
+
+def topk_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    allowed: torch.Tensor | None,
+    n_context: int,
+    k: int,
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention where each query head sees only its top-`k` context keys (positions < n_context) by q·k,
+    plus every allowed key at positions >= n_context.
+
+    query `[b, heads, q, d]`; key, value `[b, kv_heads, kv, d]` (heads = groups x kv_heads, as `repeat_kv`);
+    allowed: bool `[b or 1, 1, q, kv]`, or None when every key may be attended. Returns output `[b, q, heads, d]`
+    and weights `[b, heads, q, kv]` (fp32 softmax cast to the query dtype; exactly zero off the chosen keys).
+    """
+    b, heads, q_len, d = query.shape
+    kv_heads, kv_len = key.shape[1], key.shape[2]
+    grouped = query.reshape(b, kv_heads, heads // kv_heads * q_len, d)  # no copy of the cache for GQA
+    scores = (torch.matmul(grouped, key.transpose(2, 3)) * scaling).view(b, heads, q_len, kv_len)
+    top = scores[..., :n_context].topk(k, dim=-1)
+    masked = torch.full_like(scores, float("-inf"))
+    masked[..., :n_context].scatter_(-1, top.indices, top.values)
+    masked[..., n_context:] = scores[..., n_context:]
+    if allowed is not None:
+        masked = masked.masked_fill(~allowed, float("-inf"))
+    weights = masked.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    output = torch.matmul(weights.view(b, kv_heads, -1, kv_len), value).view(b, heads, q_len, d)
+    return output.transpose(1, 2).contiguous(), weights
+
+
+def topk_retrieval_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    topk_context_len: int | None = None,
+    topk_k: int | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """transformers attention function (registered as `ATTN_NAME`). query `[b, heads, q, d]`, key/value
+    `[b, kv_heads, kv, d]`; returns `[b, q, heads, d]` and the weights (None on the sdpa path)."""
+    if topk_k is None or topk_context_len is None or topk_k >= topk_context_len:
+        sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+        return sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if topk_context_len > key.shape[2] - query.shape[2]:
+        raise ValueError(
+            f"top-k context of {topk_context_len} keys overlaps the {query.shape[2]} current queries "
+            f"(cache holds {key.shape[2]}); top-k applies only after the context prefill"
+        )
+    q_len = query.shape[2]
+    single = attention_mask is None and q_len == 1  # one decode query may attend every cached key
+    allowed = None if single else allowed_positions(attention_mask, q_len, key.shape[2], query.device)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    return topk_attention(query, key, value, allowed, topk_context_len, topk_k, scale)
+
+
+AttentionInterface.register(ATTN_NAME, topk_retrieval_attention)
+AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
+
+
+class TopKRetrieval(CompressionMethod):
+    """RetrievalAttention setting: full cache kept (kv_bytes_kept == full), decode attends to the top-k
+    context keys per query head plus all post-context entries; k = the budget in context tokens."""
+
+    name = "topk_retrieval"
+    attn_implementation = ATTN_NAME
+    frees_memory = False
+
+    def decode_kwargs(self, n_context: int, n_keep: int) -> dict[str, Any]:
+        return {"topk_context_len": n_context, "topk_k": n_keep}
