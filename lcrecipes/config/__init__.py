@@ -3,7 +3,6 @@
 from lcrecipes.config.loader import ConfigError, Recipe, check, load_recipe, parse_overrides, save_resolved
 from lcrecipes.config.schema import (
     CheckpointConfig,
-    EvalConfig,
     LaunchConfig,
     ModelConfig,
     OptimConfig,
@@ -12,6 +11,7 @@ from lcrecipes.config.schema import (
     StrategyConfig,
     TrainConfig,
 )
+from lcrecipes.eval.suite import EvalConfig
 
 __all__ = ["CheckpointConfig", "ConfigError", "EvalConfig", "LaunchConfig", "ModelConfig", "OptimConfig",
            "ParallelConfig", "Recipe", "RecipeConfig", "StrategyConfig", "TrainConfig", "check", "load_recipe",

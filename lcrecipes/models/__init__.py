@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-from transformers import AutoConfig, PretrainedConfig
+from typing import TYPE_CHECKING
 
 from lcrecipes.models.base import ModelFamily
 from lcrecipes.models.flops import mfu, training_flops
 from lcrecipes.models.llama import LlamaFamily
 from lcrecipes.models.qwen2 import Qwen2Family
 from lcrecipes.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 FAMILIES: dict[str, type[ModelFamily]] = {f.model_type: f for f in (LlamaFamily, Qwen2Family)}
 
@@ -33,6 +35,8 @@ def spec_from_hf_dir(path: str | Path) -> ModelSpec:
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path}: no config.json (expected a Hugging Face model directory)")
     model_type = json.loads(cfg_path.read_text()).get("model_type")
+    from transformers import AutoConfig
+
     family = get_family(model_type)
     return family.to_spec(AutoConfig.from_pretrained(str(path)))
 

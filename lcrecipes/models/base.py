@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
-from transformers import PretrainedConfig
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from lcrecipes.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 class ModelFamily:
     """A HF ``model_type`` we can train, convert and evaluate.
 
-    Subclasses set ``model_type`` and ``config_class`` and fill ``_family_kwargs`` / ``_family_fields`` only for
+    Subclasses set ``model_type`` and ``config_class_name`` (a transformers class, imported on first use so that
+    reading recipes does not import transformers) and fill ``_family_kwargs`` / ``_family_fields`` only for
     what differs from the llama layout (e.g. qwen2's fixed qkv bias).
     """
 
     model_type: ClassVar[str]
-    config_class: ClassVar[type[PretrainedConfig]]
+    config_class_name: ClassVar[str]
     # HF config keys that the spec covers; anything else non-default is kept in ``spec.extra``.
     _covered: ClassVar[frozenset[str]] = frozenset({
         "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -25,6 +27,12 @@ class ModelFamily:
         "rope_theta", "rope_scaling", "attention_bias", "tie_word_embeddings", "model_type", "transformers_version",
         "layer_types", "architectures", "dtype", "torch_dtype", "_name_or_path", "output_attentions",
     })
+
+    @property
+    def config_class(self) -> type[PretrainedConfig]:
+        import transformers
+
+        return getattr(transformers, self.config_class_name)
 
     def to_spec(self, cfg: PretrainedConfig) -> ModelSpec:
         """Read a HF config of this family into our spec."""

@@ -1,10 +1,8 @@
 """Llama family (Llama 2/3.x): RMSNorm, SwiGLU, RoPE (llama3 scaling kept), GQA, optional qkv bias."""
 
-from transformers import LlamaConfig
-
 from lcrecipes.models.base import ModelFamily
 
 
 class LlamaFamily(ModelFamily):
     model_type = "llama"
-    config_class = LlamaConfig
+    config_class_name = "LlamaConfig"

@@ -30,11 +30,11 @@ def test_every_shipped_recipe_validates(path: Path) -> None:
 
 
 def test_defaults_chain_parents_first_then_child(tmp_path: Path) -> None:
-    _write(tmp_path, "a.yaml", {"train": {"lr": 0.1, "steps": 7}, "model": {"hidden_size": 64}})
+    _write(tmp_path, "a.yaml", {"train": {"lr": 0.1, "steps": 70}, "model": {"hidden_size": 64}})
     _write(tmp_path, "b.yaml", {"defaults": ["a"], "train": {"lr": 0.2}})
     child = _write(tmp_path, "c.yaml", {"defaults": ["b.yaml"], "name": "x", "train": {"min_lr": 0.0}})
     r = load_recipe(child)
-    assert (r.cfg.train.lr, r.cfg.train.steps, r.cfg.train.min_lr, r.cfg.name) == (0.2, 7, 0.0, "x")
+    assert (r.cfg.train.lr, r.cfg.train.steps, r.cfg.train.min_lr, r.cfg.name) == (0.2, 70, 0.0, "x")
     assert r.cfg.run_dir == "runs/x"
     assert r.sources["train.lr"].endswith("b.yaml") and r.sources["train.steps"].endswith("a.yaml")
 
