@@ -1,0 +1,168 @@
+"""Sources: HotpotQA / 2Wiki parsing and its bad-record errors, passage corpora (splitter, duplicate ids), and
+the synthetic generator (deterministic, held-out eval, verbatim supporting sentences)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+
+import pytest
+
+from lcrecipes.data.config import DataConfig, SyntheticConfig
+from lcrecipes.data.corpus import PassageStore, corpus_passages, split_words
+from lcrecipes.data.errors import BadRecords, DataError, Location
+from lcrecipes.data.fixtures import hotpotqa_records
+from lcrecipes.data.readers import read_records
+from lcrecipes.data.sources import SOURCES, get_source
+from lcrecipes.data.sources.hotpotqa import join_sentences, parse_hotpotqa
+from lcrecipes.data.synthetic.generator import SyntheticGenerator
+from lcrecipes.data.synthetic.questions import QUESTION_TYPES
+
+LOC = Location("f.json", 7)
+
+
+def test_registry_complete():
+    assert set(SOURCES) == {"synthetic", "hotpotqa", "2wiki"}
+    for name in SOURCES:
+        assert get_source(name).name == name
+    with pytest.raises(KeyError, match="unknown data source 'nq'"):
+        get_source("nq")
+
+
+def test_hotpotqa_parse_gold_order_and_supporting():
+    rec = hotpotqa_records(1)[0]
+    r = parse_hotpotqa(rec, LOC)
+    assert [p.title for p in r.gold] == ["Org 0", "Person 0"]  # supporting_facts order
+    assert r.answers == ["Ashby"] and r.qid == "q0"
+    for p in r.gold:
+        assert r.supporting[p.pid] and all(s in p.text for s in r.supporting[p.pid])
+    assert {p.title for p in r.distractors} == {"Org 100", "Person 100"}
+    assert join_sentences(["A b.", " C d.", "E f."]) == "A b. C d. E f."
+
+
+@pytest.mark.parametrize(
+    "mutate,reason,field",
+    [
+        (lambda r: r.pop("answer"), "missing_field", "answer"),
+        (lambda r: r.update(question="  "), "empty_text", "question"),
+        (lambda r: r.update(context="x"), "wrong_type", "context"),
+        (lambda r: r["supporting_facts"].append(["Nowhere", 0]), "gold_missing", "supporting_facts[2]"),
+        (lambda r: r["supporting_facts"].append(["Org 0", 99]), "gold_missing", "supporting_facts[2]"),
+        (lambda r: r["context"].append(["Bad", "not a list"]), "wrong_type", "context[4]"),
+    ],
+)
+def test_hotpotqa_bad_record_names_field(mutate, reason, field):
+    rec = copy.deepcopy(hotpotqa_records(1)[0])
+    mutate(rec)
+    with pytest.raises(DataError) as e:
+        parse_hotpotqa(rec, LOC)
+    assert e.value.reason == reason and e.value.field == field and str(e.value).startswith("f.json:7: ")
+
+
+def _questions_file(tmp_path, recs):
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def test_hotpotqa_source_errors_and_skip_counts(tmp_path):
+    recs = hotpotqa_records(5)
+    recs[1] = {**recs[1], "_id": "q0"}  # duplicate id
+    recs[3] = {k: v for k, v in recs[3].items() if k != "question"}
+    path = _questions_file(tmp_path, recs)
+    cfg = DataConfig(source="hotpotqa", train_path=str(path), tokenizer="x", num_train=-1, num_eval=0)
+    src = get_source("hotpotqa")(cfg, tmp_path / "cache")
+    with pytest.raises(DataError, match=rf"{path}:2: field '_id': question id 'q0' already used"):
+        list(src.records("train", BadRecords("error")))
+    bad = BadRecords("skip")
+    assert [r.qid for r in src.records("train", bad)] == ["q0", "q2", "q4"]
+    assert bad.as_dict() == {"duplicate_id": 1, "missing_field": 1}
+
+
+def test_hotpotqa_eval_split_is_held_out_of_train(tmp_path):
+    path = _questions_file(tmp_path, hotpotqa_records(6))
+    cfg = DataConfig(source="hotpotqa", train_path=str(path), tokenizer="x", num_train=3, num_eval=2)
+    src = get_source("hotpotqa")(cfg, tmp_path)
+    assert [r.qid for r in src.records("eval", BadRecords())] == ["q0", "q1"]
+    assert [r.qid for r in src.records("train", BadRecords())] == ["q2", "q3", "q4"]
+
+
+def test_twowiki_reasoning_from_evidences():
+    rec = hotpotqa_records(1, twowiki=True)[0]
+    r = get_source("2wiki")(DataConfig(), ".").parse(rec, LOC)
+    assert r.reasoning == (
+        "According to [GOLD 0], the founded by of Org 0 is Person 0. "
+        "According to [GOLD 1], the home town of Person 0 is Ashby."
+    )
+    rec["evidences"] = [["a", "b"]]
+    with pytest.raises(DataError, match="evidences\\[0\\]"):
+        get_source("2wiki")(DataConfig(), ".").parse(rec, LOC)
+
+
+def test_split_words_and_corpus_splitter(tmp_path):
+    text = " ".join(f"w{i}" for i in range(220))
+    pieces = split_words(text, 100)
+    assert [len(p.split()) for p in pieces] == [100, 120]  # a 20-word tail joins the previous passage
+    assert [len(p.split()) for p in split_words(text + " x" * 10, 100)] == [100, 100, 30]
+    assert " ".join(pieces) == text
+    recs = [(Location("c", 1), {"id": 5, "title": "T", "text": text})]
+    got = [p for _, p in corpus_passages(recs, BadRecords(), split=100)]
+    assert [p.pid for p in got] == ["5#0", "5#1"] and all(p.title == "T" for p in got)
+
+
+def _store(tmp_path, rows, mode):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bad = BadRecords(mode)
+    return PassageStore.build(tmp_path / "store", corpus_passages(read_records(path, bad), bad), "fp", bad), bad
+
+
+def test_passage_store_duplicates_and_empty_text(tmp_path):
+    rows = [
+        {"id": "a", "title": "A", "text": "alpha"},
+        {"id": "b", "title": "B", "text": "beta"},
+        {"id": "a", "title": "A2", "text": "again"},
+        {"id": "c", "title": "C", "text": " "},
+    ]
+    with pytest.raises(DataError, match=r"corpus.jsonl:4: field 'text': empty"):
+        _store(tmp_path, rows, "error")
+    with pytest.raises(DataError, match=r"corpus.jsonl:3: field 'id': id already used"):
+        _store(tmp_path, rows[:3], "error")
+    assert not (tmp_path / "store").exists()  # nothing half-written
+    store, bad = _store(tmp_path, rows, "skip")
+    assert [p.pid for p in store] == ["a", "b"] and store[0].text == "alpha" and store[1].title == "B"
+    assert bad.as_dict() == {"duplicate_id": 1, "empty_text": 1}
+    assert store.meta["skipped"] == bad.as_dict()
+
+
+def test_synthetic_deterministic_and_eval_held_out():
+    cfg = SyntheticConfig(domain="mixed")
+    a = [r.qid for r in SyntheticGenerator(cfg, 3).records("train", 60)]
+    assert a == [r.qid for r in SyntheticGenerator(cfg, 3).records("train", 60)]
+    assert a != [r.qid for r in SyntheticGenerator(cfg, 4).records("train", 60)]
+    gen = SyntheticGenerator(cfg, 3)
+    base = lambda qid: qid.split("#")[0]
+    train = {base(r.qid) for r in gen.records("train", 3000)}
+    evals = {base(r.qid) for d in ("in_domain", "out_of_domain") for r in gen.records("eval", 400, d)}
+    assert train and evals and not train & evals
+    assert Counter(q.split(":")[0] for q in a) == dict.fromkeys(cfg.questions, 60 // len(cfg.questions)) | {
+        q: 60 // 7 + 1 for q in cfg.questions[: 60 % 7]
+    }
+
+
+def test_synthetic_records_are_consistent():
+    gen = SyntheticGenerator(SyntheticConfig(domain="mixed"), 0)
+    for r in gen.records("train", 70):
+        assert QUESTION_TYPES[r.qid.split(":")[0]].domain == r.domain
+        gold_pids = {p.pid for p in r.gold}
+        assert set(r.supporting) == gold_pids
+        for p in r.gold:  # supporting sentences are verbatim in their passage
+            assert all(s in p.text for s in r.supporting[p.pid])
+        assert len(r.distractors) >= 3 and not gold_pids & {p.pid for p in r.distractors}
+        if r.choices is not None:
+            assert len(r.choices) == 4 and r.answers[0] in "ABCD"
+            letter = "ABCD".index(r.answers[0])
+            assert r.choices[letter].split()[0] in r.supporting[r.gold[0].pid][0]
+        else:
+            assert any(r.answers[0] in p.text for p in r.gold)
