@@ -19,7 +19,14 @@ log = logging.getLogger("lcrecipes")
 # verb -> (module with `add_arguments(parser)` and `main(args) -> int`, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
     "config": ("lcrecipes.commands.config", "show or validate a resolved recipe"),
+    "convert": ("lcrecipes.commands.convert", "convert checkpoints: megatron/deepspeed/hf -> hf/megatron"),
+    "train": ("lcrecipes.commands.train", "train a recipe (one rank; run under torchrun/srun for more)"),
+    "preflight": ("lcrecipes.commands.preflight", "check the recipe's CP against CP=1 on its own data"),
     "plan": ("lcrecipes.commands.plan", "predict per-GPU memory and recommend a layout"),
+    "prepare": ("lcrecipes.commands.prepare", "write packed train/eval shards for a recipe"),
+    "eval": ("lcrecipes.eval.runner", "evaluate a recipe's model (or an HF dir) on a suite"),
+    "report": ("lcrecipes.eval.report", "write the report of eval run dirs"),
+    "launch": ("lcrecipes.commands.launch", "submit a recipe's training or eval sweep to Slurm (sbatch or submitit)"),
 }
 # Verbs whose implementation has not landed yet: they say so and exit non-zero.
 PENDING: dict[str, str] = {
