@@ -26,6 +26,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "prepare": ("lcrecipes.commands.prepare", "write packed train/eval shards for a recipe"),
     "eval": ("lcrecipes.eval.runner", "evaluate a recipe's model (or an HF dir) on a suite"),
     "report": ("lcrecipes.eval.report", "write the report of eval run dirs"),
+    "run": ("lcrecipes.commands.run", "the whole pipeline (prepare, train, convert, eval, report), resumable"),
     "launch": ("lcrecipes.commands.launch", "submit a recipe's training or eval sweep to Slurm (sbatch or submitit)"),
 }
 # Verbs whose implementation has not landed yet: they say so and exit non-zero.

@@ -55,7 +55,7 @@ def latest_step(recipe: Recipe) -> tuple[int, Path | None]:
     from lcrecipes.checkpoint import CheckpointManager, read_state
 
     latest = CheckpointManager(Path(recipe.cfg.run_dir) / "checkpoints").latest()
-    return (read_state(latest).step, latest) if latest else (0, None)
+    return (int(read_state(latest)["step"]), latest) if latest else (0, None)
 
 
 def _trained(recipe: Recipe) -> bool:
@@ -84,7 +84,7 @@ def _convert_cmd(recipe: Recipe, overrides: list[str]) -> list[list[str]]:
     _, ckpt = latest_step(recipe)
     backend = recipe.cfg.parallel.backend
     return [_lcr("convert", "--from", backend, "--to", "hf", str(ckpt), str(Path(recipe.cfg.run_dir) / "hf"),
-                 "--overwrite")]
+                 "--overwrite", "--tokenizer", _tokenizer(recipe))]
 
 
 def _eval_data_ready(recipe: Recipe) -> bool:
@@ -94,9 +94,23 @@ def _eval_data_ready(recipe: Recipe) -> bool:
     return all(path.exists() for spec in suite.tasks for _, path in spec.files())
 
 
+def _tokenizer(recipe: Recipe) -> str:
+    from lcrecipes.data.prepare import manifest_tokenizer
+
+    return manifest_tokenizer(Path(recipe.cfg.data.out_dir) / "train")
+
+
 def _eval_data_cmd(recipe: Recipe, overrides: list[str]) -> list[list[str]]:
     script = Path(__file__).resolve().parents[1] / "eval" / "make_synthetic_sets.py"
-    return [[sys.executable, str(script), str(recipe.path), "--suite", str(recipe.cfg.eval.suite)]]
+    return [[sys.executable, str(script), str(recipe.path), "--suite", str(recipe.cfg.eval.suite),
+             "--tokenizer", _tokenizer(recipe)]]
+
+
+def _eval_cmd(recipe: Recipe, overrides: list[str]) -> list[list[str]]:
+    cfg = recipe.cfg
+    model = cfg.eval.hf_dir or str(Path(cfg.run_dir) / "hf")
+    return [_lcr("eval", model, "--suite", str(cfg.eval.suite), "--strategy", cfg.eval.strategy or cfg.strategy.name,
+                 "--out", str(eval_dir(recipe)), "--label", cfg.name.replace("/", "-"))]
 
 
 STAGES: list[Stage] = [
@@ -104,7 +118,7 @@ STAGES: list[Stage] = [
     Stage("train", _trained, _train_cmd),
     Stage("convert", _exported, _convert_cmd),
     Stage("eval data", _eval_data_ready, _eval_data_cmd),
-    Stage("eval", lambda r: False, lambda r, o: [_lcr("eval", str(r.path))]),
+    Stage("eval", lambda r: False, _eval_cmd),
 ]
 
 
@@ -161,7 +175,8 @@ def _write_source_marker(recipe: Recipe) -> None:
 def eval_dir(recipe: Recipe) -> Path:
     from lcrecipes.eval.suite import load_suite
 
-    return Path(recipe.cfg.run_dir) / "eval" / load_suite(recipe.cfg.eval.suite).name
+    cfg = recipe.cfg
+    return Path(cfg.eval.out_dir or Path(cfg.run_dir) / "eval" / load_suite(cfg.eval.suite).name)
 
 
 def run_study(recipe_paths: list[str], overrides: list[str], report_dir: str | None) -> list[StageResult]:

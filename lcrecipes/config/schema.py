@@ -220,7 +220,8 @@ class RecipeConfig:
     """A whole run. ``run_dir`` holds the resolved config, data, checkpoints, logs, HF export and eval rows."""
 
     name: str = "unnamed"
-    run_dir: str = "runs/${name}"
+    root: str = "runs"  # where run dirs live; recipes write other runs' paths as ${root}/...
+    run_dir: str = "${root}/${name}"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)

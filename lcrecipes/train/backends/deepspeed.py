@@ -139,7 +139,10 @@ class DeepSpeedBackend(Backend):
                 for n, p in self.engine.module.named_parameters()}
 
     def save(self, ckpt_dir: Path) -> None:
+        """DeepSpeed's native state under ``native/`` plus the HF ``config.json`` (what the converter reads)."""
         self.engine.save_checkpoint(str(ckpt_dir), tag=NATIVE_TAG, save_latest=False)
+        if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+            self.engine.module.config.save_pretrained(str(ckpt_dir))
 
     def load(self, ckpt_dir: Path) -> None:
         path, _ = self.engine.load_checkpoint(str(ckpt_dir), tag=NATIVE_TAG, load_optimizer_states=True,
