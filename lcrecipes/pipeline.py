@@ -193,4 +193,15 @@ def run_study(recipe_paths: list[str], overrides: list[str], report_dir: str | N
         baseline = next((r.cfg.eval.baseline for r in recipes if r.cfg.eval.baseline), None)
         cmd = _lcr("report", *evals, "--out", report_dir, *(["--baseline", baseline] if baseline else []))
         _run_commands([cmd], env)
+        print_headline(Path(report_dir) / "summary.md")
     return results
+
+
+def print_headline(summary: Path) -> None:
+    """Print where the report is and its first table (the study's Table 1 shape)."""
+    lines = summary.read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
+    print(f"\nreport: {summary}")
+    if start is not None:
+        end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+        print("\n".join(lines[max(start - 2, 0):end]))
