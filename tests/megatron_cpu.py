@@ -29,6 +29,7 @@ import torch.multiprocessing as mp
 from torch.overrides import TorchFunctionMode
 
 _INSTALLED = False
+_TYPE_AS_CUDA = False  # Tensor.type() of CPU tensors reads 'torch.cuda.*' (Megatron's optimizers assert on it)
 
 
 def _is_cuda(device) -> bool:
@@ -40,7 +41,8 @@ def _is_cuda(device) -> bool:
 
 
 class _CpuPlacement(TorchFunctionMode):
-    """Every torch call: ``device='cuda…'`` -> ``'cpu'``, ``pin_memory=True`` -> False, ``t.cuda()`` -> ``t``."""
+    """Every torch call: ``device='cuda…'`` -> ``'cpu'``, ``pin_memory=True`` -> False, ``t.cuda()`` -> ``t``;
+    with ``_TYPE_AS_CUDA``, ``t.type()`` of a CPU tensor names the CUDA type (``torch.cuda.FloatTensor``)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
@@ -50,6 +52,9 @@ class _CpuPlacement(TorchFunctionMode):
             kwargs["pin_memory"] = False
         if func is torch.Tensor.cuda:
             return args[0]
+        if func is torch.Tensor.type and _TYPE_AS_CUDA and len(args) == 1 and not kwargs:
+            name = func(*args)
+            return name.replace("torch.", "torch.cuda.", 1) if args[0].device.type == "cpu" else name
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda(args[1]):
             args = (args[0], "cpu", *args[2:])
         return func(*args, **kwargs)
@@ -87,9 +92,11 @@ def _patch_megatron_rng() -> None:
     mrandom._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
 
 
-def redirect_cuda_to_cpu() -> None:
-    """Install the redirection for the rest of this process (idempotent). Call it in spawned ranks only."""
-    global _INSTALLED
+def redirect_cuda_to_cpu(type_as_cuda: bool = False) -> None:
+    """Install the redirection for the rest of this process (idempotent). Call it in spawned ranks only.
+    ``type_as_cuda``: CPU tensors report CUDA type names (needed by Megatron's optimizers)."""
+    global _INSTALLED, _TYPE_AS_CUDA
+    _TYPE_AS_CUDA = _TYPE_AS_CUDA or type_as_cuda
     if _INSTALLED:
         return
     _INSTALLED = True

@@ -107,7 +107,7 @@ class Trainer:
         """One optimizer step; returns its metrics row (global values)."""
         t0 = time.perf_counter()
         mbs = self.batches.next_step()
-        tokens = global_target_tokens(mbs)
+        tokens = global_target_tokens(mbs, self.mesh.data_group)
         lr = lr_at(self.state.step, self.cfg.train)
         res = self.backend.train_step(mbs, loss_weight(tokens), lr)
         if self.device.type == "cuda":
@@ -121,7 +121,8 @@ class Trainer:
                    seconds: float) -> dict:
         first = self.mesh.cp_rank == 0
         seq_tokens = sum(sum(mb.doc_lens) for mb in mbs) if first else 0
-        loss_total, flops, seq_total = reduce_sums([loss_sum, step_flops(self.spec, mbs, first), seq_tokens])
+        loss_total, flops, seq_total = reduce_sums([loss_sum, step_flops(self.spec, mbs, first), seq_tokens],
+                                                     self.mesh.data_group)
         return {"kind": "train", "step": self.state.step, "steps": self.cfg.train.steps,
                 "loss": loss_total / max(tokens, 1), "target_tokens": tokens, "grad_norm": grad_norm, "lr": lr,
                 "tokens_per_s": seq_total / seconds, "mfu": mfu(flops, seconds, self.mesh.world_size, self.peak),
@@ -138,7 +139,7 @@ class Trainer:
             return None
         batches = eval_batches(self.eval_ds, self.cfg.train.eval_batches, self.mesh)
         local = sum(self.backend.eval_loss(mb) for mb in batches)
-        total, tokens = reduce_sums([local, float(sum(mb.target_tokens for mb in batches))])
+        total, tokens = reduce_sums([local, float(sum(mb.target_tokens for mb in batches))], self.mesh.data_group)
         row = {"kind": "eval", "step": self.state.step, "loss": total / max(tokens, 1), "target_tokens": int(tokens)}
         self.state.extra["eval_loss"] = row["loss"]
         self.metrics.log(row)

@@ -29,7 +29,7 @@ def start_process(recipe: Recipe) -> tuple[Mesh, torch.device]:
     if env.rank != 0:
         logging.getLogger("lcrecipes").setLevel(logging.WARNING)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    return build_mesh(cfg.parallel.cp), device
+    return build_mesh(cfg.parallel.cp, cfg.parallel.tp, cfg.parallel.pp), device
 
 
 def _add_log_file(recipe: Recipe, mesh: Mesh) -> None:

@@ -170,6 +170,10 @@ def test_eval_dry_runs_from_the_recipe(capsys, tmp_path) -> None:
     run_dir = f"{tmp_path}/{HOSTILE}"
     assert argv[-5:] == [f"{run_dir}/hf", "eval/suites/tiny_cpu.yaml", "answer_only", f"{run_dir}/eval/tiny_cpu",
                          "tiny_cpu-base"]  # the label `lcr eval RECIPE` gives
-    assert "--array=0-29" in argv
+    from lcrecipes.eval.suite import load_suite
+    from lcrecipes.launch.eval_array import eval_slices
+
+    n = len(eval_slices(load_suite("eval/suites/tiny_cpu.yaml")))  # one array task per (task, setting)
+    assert n > 1 and f"--array=0-{n - 1}" in argv
     assert lcr(["launch", *args, "--submitit", "--model", "m"]) == 0
-    assert "#SBATCH --array=0-29%30" in capsys.readouterr().out
+    assert f"#SBATCH --array=0-{n - 1}%{n}" in capsys.readouterr().out
