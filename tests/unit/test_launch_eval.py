@@ -67,7 +67,8 @@ def test_every_slice_of_the_shipped_suites_is_one_setting() -> None:
         for sl in slices:
             sub = slice_suite(suite, sl)
             assert [t.name for t in sub.tasks] == [sl.task], path
-    assert len(eval_slices(load_suite(REPO / "eval/suites/tiny_cpu.yaml"))) == 3 * (1 + 6 + 3)
+    # in-domain (2 lengths) at full context only; the 2 OOD tasks under full + 6 compression + 3 RAG settings
+    assert len(eval_slices(load_suite(REPO / "eval/suites/tiny_cpu.yaml"))) == 1 + 2 * (1 + 6 + 3)
 
 
 def test_merged_slices_equal_a_whole_suite_run(tmp_path: Path) -> None:
@@ -96,7 +97,7 @@ def test_merged_slices_equal_a_whole_suite_run(tmp_path: Path) -> None:
 
 def test_count_and_bad_index_from_the_command_line(tmp_path: Path, capsys) -> None:
     suite = str(REPO / "eval/suites/tiny_cpu.yaml")
-    assert eval_array.main(["count", suite]) == 0 and capsys.readouterr().out == "30\n"
-    with pytest.raises(IndexError, match=r"slice index 30 outside \[0, 30\)"):
-        eval_array.main(["run", "m", "--suite", suite, "--strategy", "x", "--out", str(tmp_path), "--index", "30"])
+    assert eval_array.main(["count", suite]) == 0 and capsys.readouterr().out == "21\n"
+    with pytest.raises(IndexError, match=r"slice index 21 outside \[0, 21\)"):
+        eval_array.main(["run", "m", "--suite", suite, "--strategy", "x", "--out", str(tmp_path), "--index", "21"])
     assert eval_array.main(["merge", "--suite", suite, "--out", str(tmp_path)]) == 1  # nothing to merge yet
