@@ -47,11 +47,15 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(str(path), "", "recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{line}", "", f"not valid YAML: {getattr(e, 'problem', e)}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), "", f"not UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise ConfigError(str(path), "", "nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(str(path), "", f"a recipe must be a mapping, got {type(data).__name__}")
     return data
@@ -89,12 +93,26 @@ def _leaves(d: Any, prefix: str = "") -> list[str]:
 def _merge(base: DictConfig, layer: dict, where: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, layer)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", "") or ""
-        msg = str(e).splitlines()[0]
+    except (OmegaConfBaseException, TypeError, RecursionError) as e:  # TypeError: e.g. a list onto a dict field
+        key = getattr(e, "full_key", "") or _culprit(base, layer)
+        msg = str(e).splitlines()[0] if not isinstance(e, RecursionError) else "nested too deeply (recursive alias?)"
         if "not in struct" in msg or "Key '" in msg and "not in" in msg:
             msg = "unknown key"
         raise ConfigError(where, key, msg) from None
+
+
+def _culprit(base: DictConfig, layer: dict, prefix: tuple = ()) -> str:
+    """The dotted key of the first value of ``layer`` that fails to merge on its own ("" if none does)."""
+    for k, v in layer.items():
+        nested: Any = v
+        for part in reversed((*prefix, k)):
+            nested = {part: nested}
+        try:
+            OmegaConf.merge(base, nested)
+        except (OmegaConfBaseException, TypeError, RecursionError) as e:
+            deep = isinstance(v, dict) and len(prefix) < 4 and not isinstance(e, RecursionError)
+            return (_culprit(base, v, (*prefix, k)) if deep else "") or ".".join(map(str, (*prefix, k)))
+    return ""
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, dict]]:

@@ -70,6 +70,8 @@ def read_jsonl(path: Path, bad: BadRecords) -> Records:
                     obj = json.loads(text)
                 except json.JSONDecodeError as e:
                     raise DataError(loc, "malformed_json", f"malformed JSON ({e.msg}, column {e.colno})") from e
+                except (ValueError, RecursionError) as e:  # an integer of > 4300 digits, nesting too deep
+                    raise DataError(loc, "malformed_json", f"malformed JSON ({type(e).__name__}: {e})") from e
                 yield loc, _as_object(loc, obj)
             except UnicodeDecodeError as e:
                 bad.handle(DataError(loc, "bad_utf8", f"not UTF-8 (byte {e.start})"))
@@ -124,6 +126,8 @@ class _JsonArrayStream:
                 if self.eof:
                     at = self.line + self.buf.count("\n", self.pos, e.pos)
                     raise self._fail(f"malformed JSON element ({e.msg} at line {at})") from e
+            except (ValueError, RecursionError) as e:  # an integer of > 4300 digits, nesting too deep
+                raise self._fail(f"malformed JSON element ({type(e).__name__}: {e})") from e
             self._fill()
 
     def __iter__(self) -> Iterator[tuple[Location, object]]:
@@ -131,6 +135,9 @@ class _JsonArrayStream:
             raise self._fail("expected a JSON array ('[')")
         self._advance(self.pos + 1)
         if self._peek() == "]":
+            self._advance(self.pos + 1)
+            if self._peek() != "":
+                raise self._fail("unexpected data after the closing ']'")
             return
         while True:
             if self._peek() in ("]", ""):
@@ -141,6 +148,9 @@ class _JsonArrayStream:
             yield loc, obj
             sep = self._peek()
             if sep == "]":
+                self._advance(self.pos + 1)
+                if self._peek() != "":
+                    raise self._fail("unexpected data after the closing ']'")
                 return
             if sep != ",":
                 raise self._fail(f"expected ',' or ']' after an array element, got {sep!r}")
