@@ -10,7 +10,6 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Callable
 
 from lcrecipes.config import ConfigError
 
@@ -29,28 +28,6 @@ VERBS: dict[str, tuple[str, str]] = {
     "run": ("lcrecipes.commands.run", "the whole pipeline (prepare, train, convert, eval, report), resumable"),
     "launch": ("lcrecipes.commands.launch", "submit a recipe's training or eval sweep to Slurm (sbatch or submitit)"),
 }
-# Verbs whose implementation has not landed yet: they say so and exit non-zero.
-PENDING: dict[str, str] = {
-    "prepare": "data prep (issue 3)",
-    "train": "training backends (issues 4 and 6)",
-    "preflight": "CP preflight (issue 4)",
-    "convert": "checkpoint conversion (issue 7)",
-    "eval": "evaluation (issue 5)",
-    "report": "reports (issue 5)",
-    "run": "the end-to-end pipeline (issue 8)",
-    "launch": "cluster launch (issue 9)",
-    "plan": "the memory planner (issue 9)",
-}
-
-
-def _pending(verb: str, what: str) -> Callable[[argparse.Namespace], int]:
-    def run(_: argparse.Namespace) -> int:
-        print(f"lcr {verb}: not built yet — {what} has not landed in this version.", file=sys.stderr)
-        return 2
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lcr", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -60,12 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
         mod = importlib.import_module(module)
         mod.add_arguments(p)
         p.set_defaults(func=mod.main)
-    for verb, what in PENDING.items():
-        if verb in VERBS:
-            continue
-        p = sub.add_parser(verb, help=f"(not built yet: {what})")
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_pending(verb, what))
     return parser
 
 

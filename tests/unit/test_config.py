@@ -140,13 +140,3 @@ def test_cli_misspelt_key_exits_nonzero_naming_key_and_file(tmp_path: Path) -> N
     out = _lcr("config", "show", str(path))
     assert out.returncode != 0
     assert "trian" in out.stderr and str(path) in out.stderr
-
-
-def test_cli_pending_verb_says_so_and_fails() -> None:
-    from lcrecipes.cli import PENDING, VERBS
-
-    pending = [v for v in PENDING if v not in VERBS]
-    if not pending:
-        pytest.skip("every verb is built")
-    out = _lcr(pending[0], "x")
-    assert out.returncode != 0 and "not built" in out.stderr
