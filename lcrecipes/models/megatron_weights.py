@@ -43,6 +43,25 @@ def fuse_qkv(spec: ModelSpec, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return torch.cat(parts, dim=1).reshape(-1, *rest)
 
 
+# How the HF parts of a Megatron tensor are joined, by its name's last two components (default: one part as is).
+COMBINE = {"linear_qkv.weight": "qkv", "linear_qkv.bias": "qkv", "linear_fc1.weight": "glu"}
+
+
+def tensor_kind(name: str) -> str:
+    return ".".join(name.split(".")[-2:])
+
+
+def combine(spec: ModelSpec, name: str, parts: list[Tensor]) -> Tensor:
+    """The full Megatron tensor ``name`` from its HF parts: q, k, v fused per KV group; fc1 = [gate; up]."""
+    how = COMBINE.get(tensor_kind(name))
+    if how == "qkv":
+        return fuse_qkv(spec, *parts)
+    if how == "glu":
+        return torch.cat(parts)
+    (part,) = parts
+    return part
+
+
 def split_qkv(spec: ModelSpec, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Inverse of ``fuse_qkv``: ``[(h+2g)*d, ...]`` -> ``(q [h*d, ...], k [g*d, ...], v [g*d, ...])``."""
     g, d = spec.num_kv_heads, spec.head_dim
@@ -78,22 +97,26 @@ class MegatronLayout:
     def check(self, spec: ModelSpec) -> None:
         """Raise ``ValueError`` when ``spec`` cannot be laid out for Megatron by this family."""
 
+    def layer_sources(self, spec: ModelSpec) -> dict[str, tuple[str, ...]]:
+        """One layer's Megatron names (local norm names, relative to ``decoder.layers.{i}.``) -> the HF tensors
+        (relative to ``model.layers.{i}.``) each is made of, in order (see :func:`combine`)."""
+        a, m = "self_attn.", "mlp."
+        out = {
+            "input_layernorm.weight": ("input_layernorm.weight",),
+            "self_attention.linear_qkv.weight": (a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"),
+            "self_attention.linear_proj.weight": (a + "o_proj.weight",),
+            "pre_mlp_layernorm.weight": ("post_attention_layernorm.weight",),
+            "mlp.linear_fc1.weight": (m + "gate_proj.weight", m + "up_proj.weight"),
+            "mlp.linear_fc2.weight": (m + "down_proj.weight",),
+        }
+        if spec.qkv_bias:
+            out["self_attention.linear_qkv.bias"] = (a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias")
+        return out
+
     def layer_to_megatron(self, spec: ModelSpec, hf: dict[str, Tensor], names: str = "local") -> dict[str, Tensor]:
         """One layer, HF names relative to ``model.layers.{i}.`` -> Megatron names relative to
         ``decoder.layers.{i}.`` (full, unsharded tensors; ``names`` picks the norm names)."""
-        a, m = "self_attn.", "mlp."
-        out = {
-            "input_layernorm.weight": hf["input_layernorm.weight"],
-            "self_attention.linear_qkv.weight": fuse_qkv(
-                spec, hf[a + "q_proj.weight"], hf[a + "k_proj.weight"], hf[a + "v_proj.weight"]),
-            "self_attention.linear_proj.weight": hf[a + "o_proj.weight"],
-            "pre_mlp_layernorm.weight": hf["post_attention_layernorm.weight"],
-            "mlp.linear_fc1.weight": torch.cat([hf[m + "gate_proj.weight"], hf[m + "up_proj.weight"]]),
-            "mlp.linear_fc2.weight": hf[m + "down_proj.weight"],
-        }
-        if spec.qkv_bias:
-            out["self_attention.linear_qkv.bias"] = fuse_qkv(
-                spec, hf[a + "q_proj.bias"], hf[a + "k_proj.bias"], hf[a + "v_proj.bias"])
+        out = {mg: combine(spec, mg, [hf[s] for s in srcs]) for mg, srcs in self.layer_sources(spec).items()}
         return rename_norms(out, names)
 
     def layer_to_hf(self, spec: ModelSpec, mg: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -167,7 +190,7 @@ TP_SPLIT: dict[str, int | str | None] = {
 
 def tp_shard(name: str, t: Tensor, tp_rank: int, tp_size: int) -> Tensor:
     """This TP rank's slice of the full Megatron tensor ``name`` (a clone, so the result owns its memory)."""
-    rule = TP_SPLIT[".".join(name.split(".")[-2:])]
+    rule = TP_SPLIT[tensor_kind(name)]
     if rule is None or tp_size == 1:
         return t.clone()
     if rule == "glu":
@@ -186,30 +209,37 @@ def stage_layers(spec: ModelSpec, pp_rank: int = 0, pp_size: int = 1) -> range:
     return range(pp_rank * per, (pp_rank + 1) * per)
 
 
-def hf_to_megatron(spec: ModelSpec, hf: dict[str, Tensor], *, names: str = "local", tp_rank: int = 0,
-                   tp_size: int = 1, layers: range | None = None, pre_process: bool = True,
-                   post_process: bool = True) -> dict[str, Tensor]:
-    """A HF state dict -> the Megatron state dict of one (TP rank, PP stage) of ``GPTModel``.
+def megatron_plan(spec: ModelSpec, *, names: str = "local", layers: range | None = None, pre_process: bool = True,
+                  post_process: bool = True) -> dict[str, tuple[str, ...]]:
+    """Megatron name -> the HF tensors it is made of, for one pipeline stage of ``GPTModel``.
 
     ``layers`` are the stage's global layer indices (default all); they become local ``decoder.layers.{j}``.
     A last stage without the embedding gets ``output_layer.weight`` = the embedding when embeddings are tied."""
     layout = get_layout(spec.family)
     layout.check(spec)
-    out: dict[str, Tensor] = {}
+    out: dict[str, tuple[str, ...]] = {}
     for j, i in enumerate(layers if layers is not None else range(spec.num_layers)):
-        prefix = HF_LAYER.format(i=i)
-        rel = {k[len(prefix):]: v for k, v in hf.items() if k.startswith(prefix)}
-        out.update({MG_LAYER.format(i=j) + k: v for k, v in layout.layer_to_megatron(spec, rel, names).items()})
-    top = layout.top_to_megatron(spec, hf)
+        for rel, srcs in rename_norms(layout.layer_sources(spec), names).items():
+            out[MG_LAYER.format(i=j) + rel] = tuple(HF_LAYER.format(i=i) + s for s in srcs)
     if pre_process:
-        out[MG_EMBED] = top[MG_EMBED]
+        out[MG_EMBED] = (HF_EMBED,)
     if post_process:
-        out[MG_NORM] = top[MG_NORM]
+        out[MG_NORM] = (HF_NORM,)
         if not spec.tie_embeddings:
-            out[MG_HEAD] = top[MG_HEAD]
+            out[MG_HEAD] = (HF_HEAD,)
         elif not pre_process:
-            out[MG_HEAD] = hf[HF_EMBED]
-    return {k: tp_shard(k, v, tp_rank, tp_size) for k, v in out.items()}
+            out[MG_HEAD] = (HF_EMBED,)
+    return out
+
+
+def hf_to_megatron(spec: ModelSpec, hf: dict[str, Tensor], *, names: str = "local", tp_rank: int = 0,
+                   tp_size: int = 1, layers: range | None = None, pre_process: bool = True,
+                   post_process: bool = True) -> dict[str, Tensor]:
+    """A HF state dict -> the Megatron state dict of one (TP rank, PP stage) of ``GPTModel`` (see
+    :func:`megatron_plan`; :func:`megatron_weights_stream.hf_dir_to_megatron` reads the same from files)."""
+    plan = megatron_plan(spec, names=names, layers=layers, pre_process=pre_process, post_process=post_process)
+    return {mg: tp_shard(mg, combine(spec, mg, [hf[s] for s in srcs]), tp_rank, tp_size)
+            for mg, srcs in plan.items()}
 
 
 def megatron_to_hf(spec: ModelSpec, mg: dict[str, Tensor]) -> dict[str, Tensor]:

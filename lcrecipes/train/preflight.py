@@ -2,16 +2,20 @@
 
     torchrun --nproc_per_node 2 -m lcrecipes.cli preflight recipes/tiny_cpu/base.yaml
 
-Both runs start from the same weights and read the same sequences. The CP=1 reference keeps the rank mesh: every
-rank of a CP group holds the whole sequence (reference attention ``sdpa``) and only the group's first rank keeps
-its targets, so it computes exactly what one rank would. The verdict passes when every step's loss and gradient
-norm agree within the tolerances (relative; defaults by dtype). Nothing is written to the run directory.
+Both runs start from the same weights and read the same sequences. The CP=1 reference runs the recipe with
+``parallel.cp=1`` on the same ranks (each CP group's ranks become data-parallel ranks of the backend, TP and PP
+unchanged), while the data keeps the recipe's layout: every rank of a CP group holds the whole sequence (reference
+attention ``sdpa``) and only the group's first rank keeps its targets, so the group computes exactly what one rank
+would, and no backend sees a CP layout it was not built for (Megatron's RoPE slices positions by its CP group).
+Token counts and losses are summed over the data ranks (DP x CP) of one TP / PP position, never over TP or PP
+replicas. The verdict passes when every step's loss and gradient norm agree within the tolerances (relative;
+defaults by dtype). Nothing is written to the run directory.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -19,7 +23,7 @@ from lcrecipes.config import Recipe
 from lcrecipes.train.backends import get_backend
 from lcrecipes.train.data import TrainBatches, open_split
 from lcrecipes.train.loss import global_target_tokens, loss_weight, reduce_sums
-from lcrecipes.train.mesh import Mesh
+from lcrecipes.train.mesh import Mesh, build_mesh
 from lcrecipes.train.schedule import lr_at
 
 log = logging.getLogger("lcrecipes.train")
@@ -70,24 +74,34 @@ class PreflightReport:
         return "\n".join(lines)
 
 
-def _run(recipe: Recipe, mesh: Mesh, device: torch.device, attention: str, replicate: bool,
-         steps: int) -> tuple[list[float], list[float]]:
-    """``steps`` optimizer steps from the initial weights; returns (global losses, grad norms)."""
+def _run(recipe: Recipe, mesh: Mesh, device: torch.device, attention: str, replicate: bool, steps: int,
+         backend_mesh: Mesh | None = None) -> tuple[list[float], list[float]]:
+    """``steps`` optimizer steps from the initial weights; returns (global losses, grad norms). The data follows
+    ``mesh`` (the recipe's layout); the backend runs on ``backend_mesh`` (default ``mesh``)."""
     cfg = recipe.cfg
-    backend = get_backend(cfg.parallel.backend)(recipe, mesh, device, attention)
+    backend = get_backend(cfg.parallel.backend)(recipe, backend_mesh or mesh, device, attention)
     backend.setup()
     batches = TrainBatches(open_split(cfg, "train"), cfg, mesh, replicate=replicate)
     losses, norms = [], []
     try:
         for step in range(steps):
             mbs = batches.next_step()
-            tokens = global_target_tokens(mbs)
+            tokens = global_target_tokens(mbs, mesh.data_group)
             res = backend.train_step(mbs, loss_weight(tokens), lr_at(step, cfg.train))
-            losses.append(reduce_sums([res.loss_sum])[0] / max(tokens, 1))
+            losses.append(reduce_sums([res.loss_sum], mesh.data_group)[0] / max(tokens, 1))
             norms.append(res.grad_norm)
     finally:
         backend.close()
     return losses, norms
+
+
+def cp1_reference(recipe: Recipe, mesh: Mesh) -> tuple[Recipe, Mesh]:
+    """The reference's recipe (``parallel.cp=1``) and backend mesh (the same ranks, CP folded into DP; collective:
+    builds process groups when ``mesh.cp > 1``)."""
+    if mesh.cp == 1:
+        return recipe, mesh
+    cfg = replace(recipe.cfg, parallel=replace(recipe.cfg.parallel, cp=1))
+    return replace(recipe, cfg=cfg), build_mesh(1, mesh.tp, mesh.pp)
 
 
 def preflight(recipe: Recipe, steps: int = 3, attention: str | None = None, loss_tol: float | None = None,
@@ -107,7 +121,8 @@ def preflight(recipe: Recipe, steps: int = 3, attention: str | None = None, loss
         log.warning("parallel.cp=1: the recipe does not split sequences; comparing sdpa with itself")
         attention = "sdpa"
     log.info("preflight: %d steps at CP=1 (reference)", steps)
-    report.ref_loss, report.ref_grad = _run(recipe, mesh, device, "sdpa", True, steps)
+    ref_recipe, ref_mesh = cp1_reference(recipe, mesh)
+    report.ref_loss, report.ref_grad = _run(ref_recipe, mesh, device, "sdpa", True, steps, backend_mesh=ref_mesh)
     log.info("preflight: %d steps at CP=%d (%s)", steps, mesh.cp, attention)
     report.cp_loss, report.cp_grad = _run(recipe, mesh, device, attention, False, steps)
     return report

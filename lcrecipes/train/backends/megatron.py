@@ -5,22 +5,25 @@ tokens times ``weight = 1 / global target tokens``. How Megatron is driven:
 
 - layer spec: ``parallel.layer_spec`` (``auto``: Transformer Engine on GPU when installed, else ``local``); the local
   spec runs our portable CP attention (``parallel.sp``) as ``core_attention``, fed by ``CPPackedSeqParams``;
-- weights: the HF model of ``model.hf_path`` or the seeded HF random init (the deepspeed backend's, identical for
-  any layout), mapped per TP rank / PP stage by ``hf_to_megatron``;
+- weights: this TP rank's / PP stage's slices streamed from ``model.hf_path``'s safetensors
+  (``hf_dir_to_megatron``; the full model is never built), or the seeded HF random init (the deepspeed backend's,
+  identical for any layout) mapped by ``hf_to_megatron``;
 - ``calculate_per_token_loss=True``: DDP sums gradients over DP x CP (no averaging), the schedule does not divide
   the returned loss, and our ``finalize`` skips Megatron's division by the token count: the summed gradient is the
   gradient of ``sum(target-token losses) / global target tokens`` (DESIGN contract 7);
 - the loss sum of a micro-batch is computed on the last stage (vocab-parallel cross entropy over TP) and broadcast
   over the pipeline group, so every rank returns its (DP, CP) position's loss sum.
 
-Checkpoints: ``<dir>/model`` and ``<dir>/optim`` written by ``megatron.core.dist_checkpointing`` (``torch_dist``;
-reshardable: save at TP=2, load at TP=1), and the HF ``config.json``. Megatron-Core needs CUDA; the CPU tests
+Checkpoints: ``<dir>/model`` and ``<dir>/optim`` written by ``megatron.core.dist_checkpointing`` (``torch_dist``),
+and the HF ``config.json``. Both reshard: the model and the (distributed) optimizer state saved at one TP / PP / DP
+layout load at another (e.g. DP=2 -> DP=1, TP=2 -> TP=1). Megatron-Core needs CUDA; the CPU tests
 redirect its device placement with a test fixture (``tests/megatron_cpu.py``), never imported here.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Sequence
 from datetime import timedelta
 from functools import partial
@@ -33,9 +36,13 @@ from lcrecipes.config import RecipeConfig
 from lcrecipes.train.backends.base import Backend, register_backend
 from lcrecipes.train.batch import IGNORE, MicroBatch
 
+log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODEL_DIR, OPTIM_DIR = "model", "optim"
-OPTIM_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}  # optimizer: same TP/PP to load
+# Distributed optimizer checkpoints in model space (each parameter's Adam state as a tensor of its shape): they load
+# at any TP / PP / DP layout. Saving gathers each DP group's optimizer shards on every rank of the group for a moment.
+OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
+LEGACY_OPTIM_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}  # checkpoints without content metadata
 
 
 def _ensure_process_group(device: torch.device, timeout_s: int) -> None:
@@ -76,6 +83,24 @@ def config_overrides(cfg: RecipeConfig, kind: str) -> dict:
     if cfg.train.activation_checkpointing:
         out.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     return out
+
+
+def saved_optim_metadata(optim_dir: Path) -> dict:
+    """The optimizer metadata a checkpoint was saved with (older checkpoints: ``LEGACY_OPTIM_METADATA``)."""
+    from megatron.core import dist_checkpointing
+
+    return dist_checkpointing.load_content_metadata(str(optim_dir)) or LEGACY_OPTIM_METADATA
+
+
+# Megatron's loaders of the distributed optimizer's parameter state, by ``param_state_sharding_type``
+PARAM_STATE_LOADERS = {
+    "fully_reshardable": lambda opt, s: opt.load_parameter_state_from_fully_reshardable(s),
+    "dp_reshardable": lambda opt, s: opt.load_parameter_state_from_dp_reshardable(s),
+}
+
+
+def _is_torch_adam(opt) -> bool:
+    return isinstance(opt, torch.optim.Adam | torch.optim.AdamW)
 
 
 @register_backend
@@ -131,18 +156,25 @@ class MegatronBackend(Backend):
         return model.to(self.device)
 
     def _load_hf_weights(self, model) -> None:
-        """This rank's slice of the HF weights (``model.hf_path`` or the seeded random init)."""
+        """This rank's slice of the HF weights: streamed from ``model.hf_path``'s safetensors (only the slices
+        of this TP rank / PP stage are read), or taken from the seeded HF random init (tiny models)."""
         from megatron.core import parallel_state as ps
 
         from lcrecipes.models.megatron_weights import hf_to_megatron, stage_layers
-        from lcrecipes.train.hf_model import build_hf_model
+        from lcrecipes.models.megatron_weights_stream import SafetensorsDir, hf_dir_to_megatron
 
-        hf = build_hf_model(self.cfg, "sdpa").state_dict()
         pp_rank, pp = ps.get_pipeline_model_parallel_rank(), ps.get_pipeline_model_parallel_world_size()
-        tp_rank, tp = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
-        sd = hf_to_megatron(self.spec, hf, names="te" if self.kind == "te" else "local", tp_rank=tp_rank, tp_size=tp,
-                            layers=stage_layers(self.spec, pp_rank, pp), pre_process=model.pre_process,
-                            post_process=model.post_process)
+        where = dict(names="te" if self.kind == "te" else "local", tp_rank=ps.get_tensor_model_parallel_rank(),
+                     tp_size=ps.get_tensor_model_parallel_world_size(), layers=stage_layers(self.spec, pp_rank, pp),
+                     pre_process=model.pre_process, post_process=model.post_process)
+        if self.cfg.model.hf_path:
+            with SafetensorsDir(self.cfg.model.hf_path) as files:
+                sd = hf_dir_to_megatron(self.spec, files, **where)
+            log.info("read %.1f MB of %s for this rank's slice", files.bytes_read / 2**20, self.cfg.model.hf_path)
+        else:
+            from lcrecipes.train.hf_model import build_hf_model
+
+            sd = hf_to_megatron(self.spec, build_hf_model(self.cfg, "sdpa").state_dict(), **where)
         missing, unexpected = model.load_state_dict(sd, strict=False)
         missing = [k for k in missing if not k.endswith("_extra_state")]
         if missing or unexpected:
@@ -281,53 +313,74 @@ class MegatronBackend(Backend):
 
     # ----- checkpoints -------------------------------------------------------------------------------------
     def save(self, ckpt_dir: Path) -> None:
-        """Model and optimizer with ``dist_checkpointing`` under ``model/`` and ``optim/``, plus ``config.json``."""
+        """Model and optimizer with ``dist_checkpointing`` under ``model/`` and ``optim/``, plus ``config.json``.
+        The optimizer is saved in model space (``OPTIM_METADATA``): it loads at any TP / PP / DP layout."""
         from megatron.core import dist_checkpointing
 
-        model_sd = self.model.module.sharded_state_dict()
         for sub in (MODEL_DIR, OPTIM_DIR):
             (ckpt_dir / sub).mkdir(parents=True, exist_ok=True)
         dist.barrier()
-        dist_checkpointing.save(model_sd, str(ckpt_dir / MODEL_DIR))
+        dist_checkpointing.save(self.model.module.sharded_state_dict(), str(ckpt_dir / MODEL_DIR))
+        model_sd = self.model.module.sharded_state_dict()  # save() rewrites the dict it is given: a fresh one
         dist_checkpointing.save(self.optimizer.sharded_state_dict(model_sd, metadata=OPTIM_METADATA),
-                                str(ckpt_dir / OPTIM_DIR))
+                                str(ckpt_dir / OPTIM_DIR), content_metadata=OPTIM_METADATA)
         if dist.get_rank() == 0:
             from lcrecipes.models import hf_config_from_spec
 
             hf_config_from_spec(self.spec).save_pretrained(str(ckpt_dir))
 
     def load(self, ckpt_dir: Path) -> None:
-        """Inverse of :meth:`save`, at any TP/PP layout for the model (the optimizer: the same layout)."""
+        """Inverse of :meth:`save`, at any TP / PP / DP layout (model and optimizer; a checkpoint of the older
+        ``dp_reshardable`` optimizer format needs the layout it was saved at)."""
         from megatron.core import dist_checkpointing
 
         from lcrecipes.models.megatron import load_checkpoint
 
         load_checkpoint(self.model.module, ckpt_dir / MODEL_DIR)
         self._init_optimizer_state()
+        metadata = saved_optim_metadata(ckpt_dir / OPTIM_DIR)
         model_sd = self.model.module.sharded_state_dict()
         state = dist_checkpointing.load(self.optimizer.sharded_state_dict(model_sd, is_loading=True,
-                                                                           metadata=OPTIM_METADATA),
+                                                                           metadata=metadata),
                                         str(ckpt_dir / OPTIM_DIR))
         with torch.no_grad():  # fp32 main params are views of the model's parameters
-            self.optimizer.load_state_dict(state)
+            self._load_optimizer_state(state)
         self._sync_adam_steps()
+
+    def _load_optimizer_state(self, state: dict) -> None:
+        """Megatron's ``load_state_dict``, with the distributed optimizer's parameter state loaded apart: its
+        model-space loaders copy every key of torch AdamW's per-parameter state, ``step`` included, which the
+        checkpoint keeps in the param groups instead (``KeyError: 'step'``); ``step`` is set again afterwards."""
+        chained = getattr(self.optimizer, "chained_optimizers", [self.optimizer])
+        state.pop("content_metadata", None)  # dist_checkpointing.save(content_metadata=...) rides along
+        states = [state] if len(chained) == 1 else [state[k] for k in sorted(state)]
+        for opt, st in zip(chained, states, strict=True):
+            param_state, kind = st.pop("param_state", None), st.pop("param_state_sharding_type", None)
+            opt.load_state_dict(st)
+            if param_state is None:
+                continue
+            for inner_state in opt.optimizer.state.values() if _is_torch_adam(opt.optimizer) else ():
+                inner_state.pop("step", None)
+            PARAM_STATE_LOADERS[kind](opt, param_state)
+
+    def _torch_adams(self) -> list[torch.optim.Optimizer]:
+        """The inner torch Adam(W) optimizers: without Apex / Transformer Engine, Megatron falls back to them."""
+        chained = getattr(self.optimizer, "chained_optimizers", [self.optimizer])
+        return [opt.optimizer for opt in chained if _is_torch_adam(opt.optimizer)]
 
     def _init_optimizer_state(self) -> None:
         """Zero Adam states with ``step`` 0 where none exist yet: Megatron's ``state_dict`` (called while loading)
-        needs them with torch's AdamW (no Apex / Transformer Engine); the load then overwrites them."""
-        for inner in self._inner_optimizers():
+        needs them with torch's AdamW (fused Adams allocate their own); the load then overwrites them."""
+        for inner in self._torch_adams():
             for group in inner.param_groups:
                 for param in group["params"]:
                     if not inner.state[param]:
                         inner.state[param].update(exp_avg=torch.zeros_like(param), step=torch.tensor(0.0),
                                                   exp_avg_sq=torch.zeros_like(param))
 
-    def _inner_optimizers(self) -> list:
-        return [opt.optimizer for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer])]
-
     def _sync_adam_steps(self) -> None:
         """torch's AdamW keeps ``step`` per parameter; Megatron restores it in the param groups only."""
-        for inner in self._inner_optimizers():
+        for inner in self._torch_adams():
             for group in inner.param_groups:
                 if "step" in group:
                     for param in group["params"]:
