@@ -35,7 +35,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fault_run import (  # noqa: E402
-    UNSEEDED_RNG,
     Job,
     check_after_kill,
     compare,
@@ -163,7 +162,7 @@ class Bench:
             res["differences"] = compare(self.ref, snapshot(run_dir))
         except Exception as e:  # no metrics or no checkpoint at all
             res["differences"] = [f"cannot snapshot {run_dir}: {type(e).__name__}: {e}"]
-        if not self.args.keep and not res["failures"] and not _real(res["differences"]):
+        if not self.args.keep and not res["failures"] and not res["differences"]:
             shutil.rmtree(run_dir, ignore_errors=True)
 
     def run_kind(self, kind: str, n_kills: int) -> list[dict]:
@@ -173,19 +172,15 @@ class Bench:
             res = self.trial(kind, len(trials), self.plan(kind, n))
             kills += res["kills"]
             trials.append(res)
-            real, unseeded = _real(res["differences"]), len(res["differences"]) - len(_real(res["differences"]))
-            line = f"{res['kills']} kill(s), {len(res['failures'])} failure(s), {len(real)} difference(s) {real[:3]}"
-            print(f"  {res['name']}: {line}, unseeded RNG lines: {unseeded}", flush=True)
+            diffs = res["differences"]
+            line = f"{res['kills']} kill(s), {len(res['failures'])} failure(s), {len(diffs)} difference(s) {diffs[:3]}"
+            print(f"  {res['name']}: {line}", flush=True)
         return trials
-
-
-def _real(diffs: list[str]) -> list[str]:
-    return [d for d in diffs if not d.startswith(UNSEEDED_RNG)]
 
 
 def summarize(backend: str, results: dict[str, list[dict]]) -> list[dict]:
     """Per fault kind: trials, kills, resumes, trials with differences (weights, optimizer state, metric rows,
-    sampler, torch RNG), trials where the unseeded Python/NumPy RNG state differs, trials with failures."""
+    sampler, every RNG state), trials with failures."""
     rows = []
     for kind, trials in results.items():
         rows.append(
@@ -195,8 +190,7 @@ def summarize(backend: str, results: dict[str, list[dict]]) -> list[dict]:
                 "trials": len(trials),
                 "kills": sum(t["kills"] for t in trials),
                 "resumed": sum(t["resumed"] for t in trials),
-                "differences": sum(bool(_real(t["differences"])) for t in trials),
-                "unseeded_rng": sum(len(_real(t["differences"])) < len(t["differences"]) for t in trials),
+                "differences": sum(bool(t["differences"]) for t in trials),
                 "failures": sum(bool(t["failures"]) for t in trials),
             }
         )
@@ -204,7 +198,7 @@ def summarize(backend: str, results: dict[str, list[dict]]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    cols = ("backend", "faults", "trials", "kills", "resumed", "differences", "unseeded_rng", "failures")
+    cols = ("backend", "faults", "trials", "kills", "resumed", "differences", "failures")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     return "\n".join(lines + ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows])
 
@@ -283,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(report["summary"]))
     print(f"{bench.n_runs} launches in {report['wall_s']:.0f} s; results in {out}")
     bad = any(r["differences"] or r["failures"] for r in report["summary"])
-    bad = bad or _real(report["reference_repeat_differences"])
+    bad = bad or report["reference_repeat_differences"]
     return 1 if bad else 0
 
 

@@ -31,9 +31,6 @@ ROW_KEYS = {
     "train": ("step", "loss", "grad_norm", "lr", "target_tokens", "tokens_seen"),
     "eval": ("step", "loss", "target_tokens"),
 }
-# Prefix of a difference in Python's or NumPy's global generator state, which the trainer never seeds: two
-# uninterrupted runs already differ there. Counted apart (nothing in training draws from them today).
-UNSEEDED_RNG = "[unseeded] "
 STATE_KEYS = ("step", "tokens", "sampler", "rng", "extra", "backend", "world_size")
 
 
@@ -152,7 +149,7 @@ def check_after_kill(run_dir: Path) -> dict:
     out = {"latest": None, "tmp_dirs": [], "broken_step_dirs": [], "violations": []}
     if not root.is_dir():
         return out
-    out["tmp_dirs"] = sorted(p.name for p in root.iterdir() if p.name.startswith(".step_"))
+    out["tmp_dirs"] = sorted(p.name for p in root.iterdir() if p.name.startswith((".step_", ".trash-", ".latest.")))
     manager = CheckpointManager(root)
     try:
         latest = manager.latest()
@@ -232,7 +229,7 @@ def _rng_diffs(ref: list[dict], got: list[dict]) -> list[str]:
     if len(ref) != len(got):
         return [f"state.json rng: {len(got)} ranks, uninterrupted run has {len(ref)}"]
     return [
-        f"{UNSEEDED_RNG if g in ('python', 'numpy') else ''}state.json rng[{r}].{g} differs"
+        f"state.json rng[{r}].{g} differs"
         for r, (a, b) in enumerate(zip(ref, got))
         for g in sorted(set(a) | set(b))
         if a.get(g) != b.get(g)
@@ -272,12 +269,9 @@ def tensor_diff(ref: dict, got: dict, name: str) -> str:
 
 
 def _load(path: Path):
-    import torch
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from lcrecipes.checkpoint.safe_load import load_weights_only
 
-    with torch.serialization.safe_globals([ZeroStageEnum, LossScaler, DynamicLossScaler]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    return load_weights_only(path, map_location="cpu")
 
 
 def _tensors(obj) -> list:

@@ -17,7 +17,8 @@ Without ``FAULT_*`` variables this is exactly ``lcr``. The variables below are r
 
 Hook points of a save (each rank): before/after every barrier, gather, broadcast, file listing and hashing, the
 backend's native write, every ``torch.save`` (plus one point after half of its bytes are on disk: a torn file),
-``state.json``, fsyncs, renames, the ``latest`` pointer, pruning, and one point per file removed while pruning.
+``state.json``, fsyncs, renames (including a pruned ``step_N``'s to ``.trash-step_N-<pid>``), the ``latest``
+pointer, pruning, and one point per file removed while pruning (named ``rmtree .trash-step_N-<pid>: removed F``).
 """
 
 from __future__ import annotations

@@ -7,10 +7,12 @@ Saving is collective (every rank calls :meth:`CheckpointManager.save`):
    are gathered;
 3. the files are hashed, each rank a slice; rank 0 writes ``state.json`` (step, sampler, RNG, config hash, the
    size and sha256 of every file), renames the directory to ``step_<N>`` and only then rewrites ``latest``;
-4. older checkpoints beyond ``keep_last`` are deleted.
+4. older checkpoints beyond ``keep_last`` are deleted: each is first renamed to a hidden
+   ``.trash-step_<N>-<pid>`` (atomic), then removed, so a kill half-way never leaves a broken ``step_<N>``.
 
-A crash at any point leaves ``latest`` naming a complete checkpoint (or absent). Assumes a file system that all
-ranks share (the usual cluster setup).
+A crash at any point leaves ``latest`` naming a complete checkpoint (or absent). On start-up
+:meth:`CheckpointManager.clean_stale` removes what a crash may leave: ``.step_<N>.tmp`` directories, ``.trash-*``
+directories and ``.latest.*.tmp`` files. Assumes a file system that all ranks share (the usual cluster setup).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from lcrecipes.utils.io import atomic_write_text, fsync_dir
 log = logging.getLogger(__name__)
 LATEST = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+STALE = (".step_*.tmp", ".trash-*", f".{LATEST}.*.tmp")  # left by a crash during a save or a prune
 
 
 def _world() -> tuple[int, int]:
@@ -101,11 +104,25 @@ class CheckpointManager:
         return path
 
     def clean_stale(self) -> None:
-        """Rank 0: remove temporary directories left by a crash during a save."""
-        if _world()[0] == 0 and self.root.is_dir():
-            for p in self.root.glob(".step_*.tmp"):
-                log.info("removing incomplete checkpoint %s", p)
-                shutil.rmtree(p, ignore_errors=True)
+        """Rank 0: remove what a crash during a save or a prune left behind (see :data:`STALE`)."""
+        if _world()[0] != 0 or not self.root.is_dir():
+            return
+        for pattern in STALE:
+            for p in sorted(self.root.glob(pattern)):
+                log.warning("removing %s, left by an interrupted checkpoint save or prune", p)
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+
+    def _discard(self, path: Path) -> None:
+        """Rename ``path`` to a hidden ``.trash-<name>-<pid>`` (atomic: no half-deleted ``step_N`` can be seen),
+        then delete it; a kill meanwhile leaves only trash for :meth:`clean_stale`."""
+        trash = self.root / f".trash-{path.name}-{os.getpid()}"
+        if trash.exists():
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def save(self, state: TrainState, write_native: Callable[[Path], None]) -> Path:
         """Collective: write ``step_<state.step>`` atomically (see module doc); returns its final path."""
@@ -129,7 +146,7 @@ class CheckpointManager:
         write_state(tmp, state, files)
         fsync_dir(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            self._discard(final)
         os.replace(tmp, final)
         fsync_dir(self.root)
         atomic_write_text(self.root / LATEST, final.name + "\n")
@@ -144,7 +161,7 @@ class CheckpointManager:
         for step in self.steps()[: -self.keep_last]:
             path = self.step_dir(step)
             if latest is None or path.resolve() != latest.resolve():
-                shutil.rmtree(path, ignore_errors=True)
+                self._discard(path)
 
     def load_state(self, ckpt_dir: Path) -> TrainState:
         """Verify ``ckpt_dir`` (``self.verify``: fast = sizes, full = sha256) and return its TrainState.

@@ -1,7 +1,8 @@
 """Capture and restore every random number generator a rank uses, as JSON-able values (for ``state.json``).
 
 Python's ``random``, NumPy's legacy global generator, torch's CPU generator and, when present, every CUDA
-device's generator. Byte states are base64 strings.
+device's generator. Byte states are base64 strings. :func:`seed_host_rngs` seeds the first two (torch's is seeded
+where the model is built, identically on every rank).
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ def _b64(t: torch.Tensor) -> str:
 
 def _unb64(s: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
+
+
+def seed_host_rngs(seed: int, rank: int) -> None:
+    """Seed Python's ``random`` and NumPy's legacy global generator with ``seed + rank``, so that two identical
+    runs draw (and save in ``state.json``) identical values."""
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
 
 
 def capture_rng() -> dict:

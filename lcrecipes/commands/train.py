@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from lcrecipes.checkpoint import CheckpointError
+    from lcrecipes.data.shards import ShardError
     from lcrecipes.launch.env import DistEnvError
     from lcrecipes.train import train
     from lcrecipes.train.data import MissingDataError
@@ -29,6 +30,6 @@ def main(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     try:
         return train(recipe)
-    except (MissingDataError, DistEnvError, CheckpointError) as e:
+    except (MissingDataError, DistEnvError, CheckpointError, ShardError) as e:
         print(f"lcr train: {e}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ REASONS = (
     "duplicate_id",
     "gold_missing",
     "overlong",
+    "unreadable_file",  # a whole input that cannot be parsed (a corrupt parquet file): always an error
 )
 
 

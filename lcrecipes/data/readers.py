@@ -169,13 +169,21 @@ def read_json(path: Path, bad: BadRecords) -> Records:
 
 @register("parquet")
 def read_parquet(path: Path, bad: BadRecords, batch_rows: int = 1024) -> Records:
+    """Rows of a parquet file; a file pyarrow cannot read (not parquet, truncated, corrupt pages) is a DataError
+    naming the file and the first row not read (it cannot be skipped record by record)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-        for rec in batch.to_pylist():
-            row += 1
-            yield Location(str(path), row, "row"), rec
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+        for batch in batches:
+            for rec in batch.to_pylist():
+                row += 1
+                yield Location(str(path), row, "row"), rec
+    except (pa.ArrowException, OSError) as e:
+        where = Location(str(path), row + 1, "row") if row else str(path)
+        raise DataError(where, "unreadable_file", f"not a readable parquet file ({type(e).__name__}: {e})") from e
 
 
 @register("datasets")

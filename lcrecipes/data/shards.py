@@ -10,7 +10,9 @@ A split directory (``train/``, ``eval/``) holds ``manifest.json`` and shards ``s
 * ``documents.jsonl`` one line per document: ``{"id", "piece", "seq", "start", "len"}``
 * ``shard.json``      counts, skipped records per reason, build stats, fingerprint, sha256 of every file
 
-A shard is written in a temporary directory and renamed when complete; the manifest is written last.
+A shard is written in a temporary directory and renamed when complete; the manifest is written last. Opening a
+split checks every array file's size (it follows from ``n_sequences``, ``seq_len`` and ``offsets[-1]``), so a
+truncated file is named at once; ``verify=True`` also recomputes every sha256.
 """
 
 from __future__ import annotations
@@ -105,10 +107,37 @@ def read_shard_record(shard_dir: str | Path) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+class ShardError(ValueError):
+    """A shard file is missing, truncated or differs from the manifest; the message names the file."""
+
+
 class _Shard:
     def __init__(self, root: Path, seq_len: int, n_seq: int):
         self.root, self.seq_len, self.n_seq = root, seq_len, n_seq
         self._mm: dict[str, np.ndarray] | None = None
+
+    def _items(self, name: str) -> int:
+        """Number of items ``name`` must hold (``cu_seqlens.i64``: ``offsets[-1]``, read from its file)."""
+        if name in ("tokens.u32", "mask.u8"):
+            return self.n_seq * self.seq_len
+        if name == "offsets.i64":
+            return self.n_seq + 1
+        if name == "n_docs.i32":
+            return self.n_seq
+        with open(self.root / "offsets.i64", "rb") as f:
+            f.seek(-8, 2)
+            return int(np.frombuffer(f.read(8), dtype=np.int64)[0])
+
+    def check_sizes(self) -> None:
+        """Every array file has the size the counts imply; raises ShardError naming the first that does not."""
+        for name in sorted(FILES, key=lambda n: n == "cu_seqlens.i64"):  # offsets first: it sizes cu_seqlens
+            path, dtype = self.root / name, FILES[name]
+            if not path.is_file():
+                raise ShardError(f"{path}: missing; rerun `lcr prepare`")
+            want = self._items(name) * np.dtype(dtype).itemsize
+            if path.stat().st_size != want:
+                raise ShardError(f"{path}: {path.stat().st_size} bytes, expected {want} ({self.n_seq} sequences "
+                                 f"of {self.seq_len} tokens); the file is truncated or damaged, rerun `lcr prepare`")
 
     def arrays(self) -> dict[str, np.ndarray]:
         if self._mm is None:
@@ -138,6 +167,8 @@ class ShardDataset:
         self.seq_len = int(self.manifest["seq_len"])
         self.shards = [_Shard(self.root / s["name"], self.seq_len, s["n_sequences"]) for s in self.manifest["shards"]]
         self._starts = np.cumsum([0] + [s.n_seq for s in self.shards]).tolist()
+        for shard in self.shards:
+            shard.check_sizes()
         if verify:
             self.verify()
 
@@ -155,7 +186,7 @@ class ShardDataset:
         for s in self.manifest["shards"]:
             for name, digest in s["sha256"].items():
                 if sha256_file(self.root / s["name"] / name) != digest:
-                    raise ValueError(f"{self.root / s['name'] / name}: sha256 differs from the manifest")
+                    raise ShardError(f"{self.root / s['name'] / name}: sha256 differs from the manifest")
 
     def numpy_item(self, i: int) -> dict:
         """Like ``ds[i]`` but numpy arrays, no torch."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from lcrecipes.checkpoint import CheckpointError, CheckpointManager, TrainState
-from lcrecipes.checkpoint.rng import restore_rng
+from lcrecipes.checkpoint.rng import restore_rng, seed_host_rngs
 from lcrecipes.config import Recipe, save_resolved
 from lcrecipes.launch.env import PREEMPTED_EXIT_CODE
 from lcrecipes.models import mfu
@@ -46,9 +46,15 @@ def _max_over_ranks(value: float) -> float:
 
 
 class Trainer:
-    """One run of a recipe on an initialised process group. ``run()`` returns the process exit code."""
+    """One run of a recipe on an initialised process group. ``run()`` returns the process exit code.
 
-    def __init__(self, recipe: Recipe, mesh: Mesh, device: torch.device):
+    ``stop``: the stop-signal handler the entry installed before start-up; without one, the trainer installs its
+    own here (and removes it in :meth:`close`), so a signal during setup is a stop request, not a dead rank.
+    """
+
+    def __init__(self, recipe: Recipe, mesh: Mesh, device: torch.device, stop: StopRequest | None = None):
+        self._own_stop = stop is None
+        self.stop = (stop or StopRequest()).install()
         self.recipe, self.cfg, self.mesh, self.device = recipe, recipe.cfg, mesh, device
         self.run_dir = Path(self.cfg.run_dir)
         self.spec = model_spec(self.cfg)
@@ -62,6 +68,7 @@ class Trainer:
 
     # ----- setup -------------------------------------------------------------------------------------------
     def setup(self) -> None:
+        seed_host_rngs(self.cfg.train.seed, self.mesh.rank)
         path = str(self.recipe.path) if self.recipe.path else None
         self.batches = TrainBatches(open_split(self.cfg, "train", path), self.cfg, self.mesh)
         self.eval_ds = self._open_eval(path)
@@ -85,6 +92,7 @@ class Trainer:
         """Restore backend, sampler, RNG and step from the checkpoint ``checkpoint.resume`` selects."""
         ckpt = self.ckpt.resolve_resume(self.cfg.checkpoint.resume)
         if ckpt is None:
+            self.metrics.truncate_after(0)  # rows of an attempt killed before its first checkpoint
             return
         state = self.ckpt.load_state(ckpt)
         if state.world_size != self.mesh.world_size or state.backend != self.cfg.parallel.backend:
@@ -163,31 +171,29 @@ class Trainer:
         if self.state.step >= t.steps:
             log.info("already trained %d/%d steps; nothing to do", self.state.step, t.steps)
             return 0
-        with StopRequest() as stop:
-            while self.state.step < t.steps:
-                row = self.train_step()
-                if self._due(t.log_every) or self.state.step == t.steps:
-                    self.log_step(row)
-                if self._due(t.eval_every):
-                    self.evaluate()
-                if self._due(self.cfg.checkpoint.every):
-                    self.save()
-                if stop.agreed():
-                    return self._stop()
-        if not self._due(t.eval_every):
-            self.evaluate()
-        if self.last_saved != self.state.step:
-            self.save()
+        while self.state.step < t.steps:
+            if self.stop.agreed():
+                return self._stop()
+            row = self.train_step()
+            last = self.state.step == t.steps
+            if self._due(t.log_every) or last:
+                self.log_step(row)
+            if self._due(t.eval_every) or last:
+                self.evaluate()  # before the save: the final checkpoint's view includes its eval row
+            if self._due(self.cfg.checkpoint.every) or last:
+                self.save()
         return 0
 
     def _stop(self) -> int:
-        if self.last_saved != self.state.step:
+        if self.last_saved != self.state.step and self.state.step > 0:
             self.save()
         log.warning("stopped at step %d on a signal; exit code %d (requeue to resume)", self.state.step,
                     PREEMPTED_EXIT_CODE)
         return PREEMPTED_EXIT_CODE
 
     def close(self) -> None:
+        if self._own_stop:
+            self.stop.uninstall()
         if self.backend is not None:
             self.backend.close()
         if getattr(self, "metrics", None) is not None:

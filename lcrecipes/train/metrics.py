@@ -17,6 +17,7 @@ import torch
 from lcrecipes.models import ModelSpec, training_flops
 from lcrecipes.models.flops import KNOWN_PEAK_TFLOPS
 from lcrecipes.train.batch import MicroBatch
+from lcrecipes.utils.io import atomic_write_text
 
 log = logging.getLogger("lcrecipes.train")
 GiB = float(1 << 30)
@@ -58,12 +59,22 @@ class MetricsLogger:
                 self._tb = SummaryWriter(str(self.path.parent / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
-        """Drop rows of steps later than ``step`` (a resumed run repeats them)."""
+        """Drop rows of steps later than ``step`` (a resumed run repeats them) and an unterminated last line (a
+        write cut by a crash); the file is replaced atomically, so a kill meanwhile keeps the old rows."""
         if not self.is_main or not self.path.is_file():
             return
-        rows = [line for line in self.path.read_text().splitlines() if line.strip()]
-        keep = [r for r in rows if json.loads(r).get("step", 0) <= step]
-        self.path.write_text("".join(r + "\n" for r in keep))
+        lines = self.path.read_text().split("\n")
+        torn = lines.pop()  # "" when the file ends with a newline
+        if torn.strip():
+            log.warning("%s: dropping an unterminated last line (a write cut by a crash): %.80s", self.path, torn)
+        keep = [line for n, line in enumerate(lines, 1) if line.strip() and self._step(line, n) <= step]
+        atomic_write_text(self.path, "".join(line + "\n" for line in keep))
+
+    def _step(self, line: str, lineno: int) -> int:
+        try:
+            return int(json.loads(line).get("step", 0))
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ValueError(f"{self.path}:{lineno}: not a metrics row ({e}); fix or delete the line") from None
 
     def log(self, row: dict) -> None:
         if not self.is_main:

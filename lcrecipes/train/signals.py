@@ -19,7 +19,11 @@ STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
 class StopRequest:
-    """``with StopRequest() as stop: ... if stop.agreed(): save and exit``."""
+    """``with StopRequest() as stop: ... if stop.agreed(): save and exit``.
+
+    Install it as early as possible (the trainer entry does, before the process group starts): a signal that
+    arrives during start-up is then a stop request honoured at the first step boundary, not a dead rank.
+    """
 
     def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS):
         self.signals, self.received = signals, None
@@ -29,14 +33,23 @@ class StopRequest:
         self.received = signal.Signals(signum).name
         log.warning("received %s: saving a checkpoint at the next step boundary, then exiting", self.received)
 
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
+    def install(self) -> StopRequest:
+        """Handle the stop signals from now on (main thread only; elsewhere a no-op). Idempotent."""
+        if not self._previous and threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in self.signals}
         return self
 
-    def __exit__(self, *exc) -> None:
+    def uninstall(self) -> None:
+        """Give the signals back to the handlers they had before :meth:`install`."""
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+        self._previous = {}
+
+    def __enter__(self) -> StopRequest:
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.uninstall()
 
     def agreed(self) -> bool:
         """True on every rank when any rank received a stop signal (collective)."""

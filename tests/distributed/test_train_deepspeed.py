@@ -4,8 +4,8 @@
   own sdpa with packed position ids) to 1e-5 in fp32, with 2 accumulation micro-batches, one of which leaves
   rank 1 without any target token (no NaN);
 - preflight passes for ring and fails for an attention that ignores document boundaries;
-- the loop: the loss falls over 20 steps; a ``lcr train`` under torchrun SIGKILLed mid-way and resumed logs
-  exactly the losses of the uninterrupted run (fp32);
+- the loop: the loss falls over 20 steps; a ``lcr train`` under torchrun SIGKILLed mid-way (the agent and every
+  worker, each in its own session) and resumed logs exactly the losses of the uninterrupted run (fp32);
 - plain ``lcr train`` (one process) saves and exits with code 75 on SIGUSR1.
 
 One DeepSpeed extension cache (TORCH_EXTENSIONS_DIR, set by tests/conftest.py) serves every process.
@@ -252,6 +252,27 @@ def test_loss_falls_and_checkpoints_verify(uninterrupted) -> None:
     assert state["step"] == 20 and len(state["rng"]) == 2 and state["sampler"]["position"] == 20
 
 
+def _kill_tree(proc: subprocess.Popen) -> list[int]:
+    """SIGKILL torchrun and every descendant at once (a lost node). torchrun starts each worker in a session of
+    its own, so killing torchrun's process group would leave the workers running; returns the pids killed."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(proc.pid)]
+        tree += tree[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    for p in tree:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    assert not alive, f"still running after SIGKILL: {alive}"
+    return [p.pid for p in tree]
+
+
 def test_kill_then_resume_reproduces_uninterrupted_losses(work, uninterrupted) -> None:
     recipe = _recipe(work, "killed")
     run_dir = work / "runs" / "killed"
@@ -260,8 +281,8 @@ def test_kill_then_resume_reproduces_uninterrupted_losses(work, uninterrupted) -
     try:
         _wait_for_step(run_dir, 6, proc)  # step 4 is saved, 5 and 6 are not
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        killed = _kill_tree(proc)
+    assert len(killed) >= 3, killed  # the agent and both workers
     assert (run_dir / "checkpoints" / "latest").read_text().strip() in ("step_4", "step_8")
     _run_cli(_torchrun(recipe))
     assert _losses(run_dir) == _losses(uninterrupted)  # exact, fp32

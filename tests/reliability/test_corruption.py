@@ -3,8 +3,8 @@
 - a real checkpoint (``lcr train``, DeepSpeed ZeRO-3): each file is listed with size and sha256; a flipped byte in
   any file fails the full verification naming that file (the fast mode checks sizes only, by design); a
   truncated file fails even the fast one; ``lcr train`` refuses to resume from either and names the file;
-- packed shards: a flipped byte fails ``ShardDataset(verify=True)`` naming the file; a truncated file must be
-  named when the split is opened (it is not today: see the test's docstring).
+- packed shards: a flipped byte fails ``ShardDataset(verify=True)`` naming the file; a truncated file is named
+  when the split is opened (a size check, without ``verify``).
 """
 
 from __future__ import annotations
@@ -114,13 +114,11 @@ def test_every_shard_file_has_a_sha256_and_a_flipped_byte_is_named(tiny_run, tmp
         f.write_bytes(backup)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, see the issue 10 notes; drop this mark once fixed")
 @pytest.mark.parametrize("name", sorted(FILES))
 def test_a_truncated_shard_file_is_named_when_the_split_is_opened(tiny_run, tmp_path, name) -> None:
-    """BUG (lcrecipes/data/shards.py ShardDataset): without ``verify=True`` (the trainer's ``open_split`` never
-    passes it) a truncated shard file is read silently — a truncated ``tokens.u32`` gives 0-token sequences, a
-    truncated ``mask.u8`` shorter masks — or fails later with an unrelated numpy error. A fast size check on open
-    (sizes follow from n_sequences and seq_len; cu_seqlens from offsets[-1]) must name the file."""
+    """Without ``verify=True`` (the trainer's ``open_split`` never passes it) ``ShardDataset`` checks each file's
+    size on open (from n_sequences and seq_len; cu_seqlens from offsets[-1]) and names a truncated one (was: read
+    silently as 0-token sequences or shorter masks, or an unrelated numpy error later)."""
     split = tmp_path / "train"
     shutil.copytree(tiny_run["tmp"] / "data" / "train", split)
     target = split / "shard_00000" / name

@@ -217,9 +217,8 @@ def test_json_array_reader_parses_or_names_file_and_line(elements, sep, tail) ->
             assert sum(bad.counts.values()) == sum(not isinstance(x, dict) for x in whole)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, see the issue 10 notes; drop this mark once fixed")
 def test_corrupt_parquet_fails_with_data_error_naming_the_file(tmp_path: Path) -> None:
-    """BUG (lcrecipes/data/readers.py read_parquet): pyarrow's ArrowInvalid escapes instead of a DataError."""
+    """``read_parquet`` wraps pyarrow's errors (ArrowInvalid, OSError) in a DataError naming the file."""
     path = tmp_path / "q.parquet"
     path.write_bytes(b"PAR1 not a parquet file PAR1")
     with pytest.raises(DataError, match=str(path)):

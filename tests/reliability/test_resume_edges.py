@@ -57,43 +57,33 @@ def runs(tiny_data) -> dict:
     return {"a": tiny_data / "runs" / "edge_a", "b": b_dir, "b_state": b_state, "c": c_dir}
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, see the issue 10 notes; drop this mark once fixed")
 def test_kill_after_the_final_checkpoint_loses_no_metric_row(runs) -> None:
-    """BUG (lcrecipes/train/loop.py ``Trainer.run``): the final eval runs after the final save; a run killed in
-    between resumes at step == train.steps, logs "nothing to do" and never writes the final eval row. Fix: eval
-    before the last save (in the loop: ``if self._due(t.eval_every) or self.state.step == t.steps``), or run the
-    final eval on resume when the metrics lack its row."""
+    """``Trainer.run`` evaluates before the final save (was: after it, so a run killed in between resumed at
+    step == train.steps, logged "nothing to do" and never wrote the final eval row)."""
     assert _rows(runs["b"]) == _rows(runs["a"])
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, see the issue 10 notes; drop this mark once fixed")
 def test_kill_before_the_first_checkpoint_duplicates_no_metric_row(runs) -> None:
-    """BUG (lcrecipes/train/loop.py ``Trainer.resume``): with no checkpoint yet, a restarted run keeps the rows the
-    killed attempt logged and appends its own: step 1 appears twice. Fix: ``self.metrics.truncate_after(0)`` when
-    there is nothing to resume from."""
+    """``Trainer.resume`` with no checkpoint yet drops the rows the killed attempt logged (``truncate_after(0)``;
+    was: they were kept and step 1 appeared twice)."""
     assert _rows(runs["c"]) == _rows(runs["a"])
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, see the issue 10 notes; drop this mark once fixed")
 def test_two_identical_runs_save_identical_rng_states(runs) -> None:
-    """BUG (lcrecipes/train/loop.py or run.py): Python's ``random`` and NumPy's global generator are never seeded,
-    so two identical runs save different RNG states (any library draw from them would differ too). Fix: seed both
-    from ``train.seed`` (+ rank) when the trainer starts, next to the torch seed."""
+    """Python's ``random`` and NumPy's global generator are seeded from ``train.seed`` + rank when the trainer
+    starts (``seed_host_rngs``; was: never seeded, so two identical runs saved different RNG states)."""
     a, b = _state(runs["a"])["rng"], runs["b_state"]["rng"]
     assert [r["torch"] for r in a] == [r["torch"] for r in b]  # torch is seeded: equal today
     assert a == b
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, see the issue 10 notes; drop this mark once fixed")
 def test_kill_while_pruning_leaves_no_broken_checkpoint_dir(tiny_data) -> None:
-    """BUG (lcrecipes/checkpoint/manager.py ``CheckpointManager.prune``, also ``_publish``'s removal of an old
-    ``final``): ``shutil.rmtree`` of an old ``step_N`` in place; a kill half-way leaves a ``step_N`` that looks
-    like a checkpoint (it may still hold ``state.json``) with files missing. After the final save nothing prunes it
-    again. Fix: ``os.replace`` it to a hidden ``.step_N.tmp`` (or ``.del``) name first, then delete; ``clean_stale``
-    already removes those after a crash."""
+    """``CheckpointManager.prune`` (and ``_publish``'s removal of an old ``final``) first renames ``step_N`` to a
+    hidden ``.trash-step_N-<pid>``, then deletes it; the kill lands half-way through that deletion. The resumed
+    run's ``clean_stale`` removes the trash (was: ``rmtree`` in place left a ``step_N`` with files missing)."""
     from lcrecipes.checkpoint import CheckpointError, CheckpointManager, verify_checkpoint
 
-    kill = {"step": 3, "point": "rmtree step_1: removed"}
+    kill = {"step": 3, "point": "rmtree .trash-step_1-"}  # a file of the renamed step_1 removed, not all
     run_dir, _ = _kill_then_resume(tiny_data, "edge_prune", kill, train={"steps": 3})
     manager = CheckpointManager(run_dir / "checkpoints")
     broken = []
@@ -103,14 +93,12 @@ def test_kill_while_pruning_leaves_no_broken_checkpoint_dir(tiny_data) -> None:
         except CheckpointError as e:
             broken.append(str(e))
     assert manager.latest().name == "step_3" and not broken, broken
+    assert not [p.name for p in manager.root.iterdir() if p.name.startswith(".")], "trash or temp files left"
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, see the issue 10 notes; drop this mark once fixed")
 def test_metrics_with_a_cut_last_row_resume(tmp_path: Path) -> None:
-    """BUG (lcrecipes/train/metrics.py ``MetricsLogger.truncate_after``): a last row without its newline (a write
-    cut by a crash) makes the resume fail with a JSONDecodeError; and the rewrite is not atomic (``write_text``
-    truncates first: a kill then loses every row). Fix: drop an unterminated last line (as the eval ``RowStore``
-    does) and write through ``lcrecipes.utils.io.atomic_write_text``."""
+    """``MetricsLogger.truncate_after`` drops an unterminated last line (a write cut by a crash) and rewrites the
+    file atomically (was: a JSONDecodeError on resume, and a truncate-first rewrite)."""
     logger = MetricsLogger(tmp_path, is_main=True, tensorboard=False)
     for step in (1, 2, 3):
         logger.log({"kind": "eval", "step": step, "loss": 1.0, "target_tokens": 1})

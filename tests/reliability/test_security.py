@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import REPO, copy_run, lcr_env, run_lcr
+from tests.reliability.conftest import REPO, copy_run, lcr_env, run_lcr, write_recipe
 
 HOSTILE = "a b 'q' \"d\" $(touch PWNED) `touch PWNED2` *"
 
@@ -71,13 +71,12 @@ class _Payload:
         return pathlib.Path.touch, (pathlib.Path(self.marker),)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, see the issue 10 notes; drop this mark once fixed")
 @pytest.mark.distributed
 def test_resume_does_not_run_a_pickle_payload_hidden_in_a_checkpoint(tiny_run, tmp_path) -> None:
-    """BUG (lcrecipes/train/backends/deepspeed.py ``DeepSpeedBackend.load``): DeepSpeed's TorchCheckpointEngine
-    calls ``torch.load(..., weights_only=False)``, so resuming (``checkpoint.resume=<dir>`` may name a checkpoint
-    from elsewhere) runs arbitrary code. Fix: load through ``weights_only=True`` with DeepSpeed's checkpoint
-    classes allow-listed, as ``lcrecipes/checkpoint/convert/deepspeed.py`` already does for conversion."""
+    """``DeepSpeedBackend.load`` wraps DeepSpeed's checkpoint engine (whose ``load`` is ``torch.load(...,
+    weights_only=False)``) to load with ``weights_only=True`` and DeepSpeed's checkpoint classes allow-listed
+    (``lcrecipes.checkpoint.safe_load``, shared with the converter): resuming from a checkpoint from elsewhere
+    (``checkpoint.resume=<dir>``) cannot run code; it exits 2 naming the file."""
     import torch
 
     run_dir = copy_run(tiny_run, tmp_path / "run")
@@ -96,7 +95,19 @@ def test_resume_does_not_run_a_pickle_payload_hidden_in_a_checkpoint(tiny_run, t
     out = run_lcr("train", str(tiny_run["recipe"]), f"run_dir={tmp_path / 'fresh'}", "train.steps=3",
                   f"checkpoint.resume={ckpt}", "checkpoint.verify=full")  # fmt: skip
     assert not marker.exists(), "resuming unpickled an arbitrary object from the checkpoint"
-    assert out.returncode != 0, "a checkpoint holding non-tensor objects outside the allow-list was accepted"
+    assert out.returncode == 2, "a checkpoint holding non-tensor objects outside the allow-list was accepted"
+    assert "refused to unpickle" in out.stderr.splitlines()[-1] and "native/zero_pp_rank_0" in out.stderr, \
+        out.stderr[-2000:]
+
+
+@pytest.mark.distributed
+def test_weights_only_resume_reads_a_zero_stage_2_checkpoint(tiny_data) -> None:
+    """The allow-list covers what ZeRO stages 1-2 pickle besides tensors (``fragment_address`` slice records);
+    stage 3 is resumed by the other reliability tests."""
+    recipe = write_recipe(tiny_data, "zero2", parallel={"zero_stage": 2})
+    assert run_lcr("train", str(recipe)).returncode == 0
+    out = run_lcr("train", str(recipe), "train.steps=3")
+    assert out.returncode == 0 and "resumed from" in out.stderr, out.stderr[-3000:]
 
 
 # ----- shell scripts ----------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ the multi-rank DeepSpeed save/resume is in tests/distributed/test_train_deepspee
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -125,3 +126,69 @@ def test_rng_capture_and_restore_replays_every_generator() -> None:
     restore_rng(saved)
     again = (random.random(), np.random.rand(), torch.rand(3))
     assert first[0] == again[0] and first[1] == again[1] and torch.equal(first[2], again[2])
+
+
+def test_prune_renames_to_hidden_trash_before_deleting(tmp_path: Path, monkeypatch) -> None:
+    """A kill during the deletion of an old checkpoint leaves only a hidden ``.trash-*`` dir, never a half-deleted
+    ``step_N``; ``clean_stale`` removes it (and a ``.latest.*.tmp``) on the next start, with a warning."""
+    from lcrecipes.checkpoint import manager
+
+    m = CheckpointManager(tmp_path, keep_last=1)
+    _save(m, 1)
+    seen, rmtree = [], manager.shutil.rmtree
+
+    def killed_rmtree(path, ignore_errors=False):  # the process dies as it starts deleting the old checkpoint
+        if Path(path).name.startswith(".trash-"):
+            seen.append(Path(path).name)
+            raise KeyboardInterrupt
+        rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(manager.shutil, "rmtree", killed_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        _save(m, 2)
+    monkeypatch.undo()
+    assert seen == [f".trash-step_1-{os.getpid()}"] and m.steps() == [2] and m.latest().name == "step_2"
+    (tmp_path / ".latest.abc123.tmp").write_text("step_9\n")
+    m.clean_stale()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_2"]
+    verify_checkpoint(m.latest(), "full")
+
+
+def test_resaving_a_step_replaces_it_through_trash(tmp_path: Path) -> None:
+    m = CheckpointManager(tmp_path, keep_last=0)
+    _save(m, 1, payload=b"old")
+    _save(m, 1, payload=b"new")
+    assert (tmp_path / "step_1" / "native" / "model.pt").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_1"]
+
+
+def test_seed_host_rngs_makes_python_and_numpy_draws_repeatable() -> None:
+    from lcrecipes.checkpoint.rng import seed_host_rngs
+
+    seed_host_rngs(7, rank=1)
+    first = (random.random(), float(np.random.rand()), capture_rng())
+    seed_host_rngs(7, rank=1)
+    again = (random.random(), float(np.random.rand()), capture_rng())
+    assert first == again
+    seed_host_rngs(7, rank=0)
+    assert random.random() != first[0]  # each rank its own stream
+
+
+def test_safe_load_reads_tensors_and_refuses_a_pickle_payload(tmp_path: Path) -> None:
+    import pathlib
+
+    from lcrecipes.checkpoint.safe_load import load_weights_only
+
+    class Payload:
+        def __reduce__(self):
+            return pathlib.Path.touch, (tmp_path / "RAN",)
+
+    torch.save({"w": torch.ones(2), "n": 3}, tmp_path / "ok.pt")
+    assert torch.equal(load_weights_only(tmp_path / "ok.pt")["w"], torch.ones(2))
+    torch.save({"w": torch.ones(2), "p": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"evil\.pt: refused to unpickle global") as err:
+        load_weights_only(tmp_path / "evil.pt")
+    assert "\n" not in str(err.value) and not (tmp_path / "RAN").exists()
+    (tmp_path / "torn.pt").write_bytes((tmp_path / "ok.pt").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"torn\.pt: cannot load"):
+        load_weights_only(tmp_path / "torn.pt")

@@ -103,3 +103,24 @@ def test_unknown_or_missing_input(tmp_path):
         read_records(tmp_path / "x.csv", BadRecords())
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_records(tmp_path / "nope.jsonl", BadRecords())
+
+
+@pytest.mark.parametrize("damage", ["not_parquet", "truncated", "corrupt_page"])
+def test_unreadable_parquet_is_a_data_error_naming_the_file(tmp_path, damage):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.Table.from_pylist(ROWS * 50), path, row_group_size=500, compression="snappy")
+    data = bytearray(path.read_bytes())
+    if damage == "not_parquet":
+        data = bytearray(b"PAR1 not a parquet file PAR1")
+    elif damage == "truncated":
+        data = data[: len(data) // 2]
+    else:  # garbage inside the second row group's compressed pages; footer intact
+        start = pq.ParquetFile(path).metadata.row_group(1).column(2).data_page_offset
+        data[start + 8 : start + 400] = bytes(392)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="not a readable parquet file") as err:
+        list(read_records(path, BadRecords("skip")))
+    assert str(path) in str(err.value) and err.value.reason == "unreadable_file"

@@ -121,3 +121,60 @@ def test_train_batches_resume_the_same_sequences_across_an_epoch(tmp_path: Path)
     for want, got in zip(expected, (again.next_step() for _ in range(3))):
         assert all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(want, got))
     assert again.state_dict()["epoch"] == 1
+
+
+def test_metrics_truncate_drops_a_torn_last_line_and_names_a_bad_one(tmp_path: Path) -> None:
+    m = MetricsLogger(tmp_path, is_main=True, tensorboard=False)
+    for step in (1, 2):
+        m.log({"kind": "eval", "step": step, "loss": 1.0, "target_tokens": 1})
+    m.truncate_after(0)
+    assert m.path.read_text() == "" and not [p for p in m.path.parent.iterdir() if p.name.startswith(".")]
+    m.path.write_text('{"kind": "eval", "step": 1}\nnot json\n{"kind": "eval", "step": 3, "lo')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not a metrics row"):
+        m.truncate_after(5)
+
+
+def test_stop_request_installed_before_start_up_is_idempotent_and_restores() -> None:
+    before = signal.getsignal(signal.SIGUSR1)
+    stop = StopRequest().install().install()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)  # e.g. Slurm's warning while the process group is still starting
+        assert stop.received == "SIGUSR1"
+    finally:
+        stop.uninstall()
+    assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def test_a_failed_collective_becomes_one_line_naming_the_rank() -> None:
+    import torch.distributed as dist
+
+    from lcrecipes.launch.env import DistEnvError
+    from lcrecipes.train.run import peer_lost
+
+    gloo = RuntimeError("[/src/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:22225. This "
+                        "is typically caused by a remote worker crashing. GLHF!")  # fmt: skip
+    err = peer_lost(gloo, rank=0, world_size=2)
+    assert isinstance(err, DistEnvError) and "\n" not in str(err)
+    assert str(err) == ("rank 0 of 2: a peer rank died, hung or closed its connection during a collective; exiting "
+                        "(RuntimeError: Connection closed by peer [127.0.0.1]:22225)")  # fmt: skip
+    assert "Timed out" in str(peer_lost(dist.DistBackendError("Timed out waiting 20000ms for recv"), 1, 2))
+    assert peer_lost(gloo, rank=0, world_size=1) is None  # a single process has no peer
+    assert peer_lost(RuntimeError("CUDA out of memory"), rank=0, world_size=2) is None
+
+
+def test_a_missing_or_truncated_shard_file_is_named_on_open(tmp_path: Path) -> None:
+    from lcrecipes.data.shards import FILES, ShardDataset, ShardError
+    from lcrecipes.train.synthetic import write_synthetic_shards
+
+    write_synthetic_shards(tmp_path, seq_len=32, n_train=5, n_eval=2, vocab_size=40)
+    shard = tmp_path / "train" / "shard_00000"
+    for name in FILES:
+        data = (shard / name).read_bytes()
+        (shard / name).write_bytes(data + b"\0" * 8)  # too long is as wrong as too short
+        with pytest.raises(ShardError, match=f"{shard / name}: {len(data) + 8} bytes, expected {len(data)}"):
+            ShardDataset(tmp_path / "train")
+        (shard / name).unlink()
+        with pytest.raises(ShardError, match=f"{shard / name}: missing"):
+            ShardDataset(tmp_path / "train")
+        (shard / name).write_bytes(data)
+    assert len(ShardDataset(tmp_path / "train", verify=True)) == 5

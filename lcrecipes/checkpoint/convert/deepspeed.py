@@ -19,33 +19,22 @@ from torch import Tensor
 
 from lcrecipes.checkpoint.convert.base import SPEC_FILE, Block, ConvertError, Reader, read_spec, register_reader
 from lcrecipes.checkpoint.convert.hf import block_names, check_hf_shapes
+from lcrecipes.checkpoint.safe_load import load_weights_only
 from lcrecipes.models import ModelSpec, hf_config_from_spec, spec_from_hf_dir
 
 log = logging.getLogger(__name__)
 
 
-def _allowed_globals() -> list:
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-
-    return [ZeroStageEnum, LossScaler, DynamicLossScaler]
-
-
 class _WeightsOnlyTorch:
     """``torch`` as ``zero_to_fp32`` sees it during a conversion: every attribute is torch's, but ``load`` always
-    uses ``weights_only=True`` (DeepSpeed's checkpoint classes allow-listed)."""
+    uses ``weights_only=True`` (DeepSpeed's checkpoint classes allow-listed, ``lcrecipes.checkpoint.safe_load``)."""
 
     def __getattr__(self, name: str):
         return getattr(torch, name)
 
     @staticmethod
     def load(f, *args, weights_only: bool | None = None, **kwargs):
-        with torch.serialization.safe_globals(_allowed_globals()):
-            try:
-                return torch.load(f, *args, weights_only=True, **kwargs)
-            except Exception as e:  # UnpicklingError for a global outside the allow-list
-                raise ConvertError(f"{f}: refused to unpickle (only tensors and DeepSpeed's checkpoint classes "
-                                   f"are loaded): {e}") from e
+        return load_weights_only(f, *args, error=ConvertError, **kwargs)
 
 
 @contextlib.contextmanager

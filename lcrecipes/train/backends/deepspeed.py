@@ -9,17 +9,24 @@ DeepSpeed's own division by the accumulation steps; the averaged gradient is the
 
 On CPU: DeepSpeed's CPU accelerator over gloo; ``optim.torch_adam`` uses ``torch.optim.AdamW`` (no fused-Adam
 build); the first ``init_distributed`` builds a small shm extension under ``TORCH_EXTENSIONS_DIR``.
+
+Resume never unpickles arbitrary objects: DeepSpeed's ``TorchCheckpointEngine.load`` (the one place its
+``load_checkpoint`` reads files) calls ``torch.load(weights_only=False)``, so during :meth:`DeepSpeedBackend.load`
+the engine's checkpoint engine is wrapped to load with ``weights_only=True`` and DeepSpeed's own checkpoint
+classes allow-listed (``lcrecipes.checkpoint.safe_load``); a file holding anything else fails naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 
+from lcrecipes.checkpoint.safe_load import load_weights_only
 from lcrecipes.checkpoint.verify import CheckpointError
 from lcrecipes.config import RecipeConfig
 from lcrecipes.train.backends.base import Backend, register_backend
@@ -60,6 +67,31 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     other = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+
+
+class _WeightsOnlyCheckpointEngine:
+    """A DeepSpeed checkpoint engine whose ``load`` is ``torch.load(weights_only=True)`` (allow-listed classes
+    only); every other attribute is the wrapped engine's."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def load(self, path: str, map_location=None):
+        return load_weights_only(path, map_location=map_location, error=CheckpointError)
+
+
+@contextlib.contextmanager
+def weights_only_loads(engine) -> Iterator[None]:
+    """While active, every file ``engine.load_checkpoint`` reads is loaded with ``weights_only=True``."""
+    original = engine.checkpoint_engine
+    engine.checkpoint_engine = _WeightsOnlyCheckpointEngine(original)
+    try:
+        yield
+    finally:
+        engine.checkpoint_engine = original
 
 
 @register_backend
@@ -145,8 +177,10 @@ class DeepSpeedBackend(Backend):
             self.engine.module.config.save_pretrained(str(ckpt_dir))
 
     def load(self, ckpt_dir: Path) -> None:
-        path, _ = self.engine.load_checkpoint(str(ckpt_dir), tag=NATIVE_TAG, load_optimizer_states=True,
-                                              load_lr_scheduler_states=False)
+        """Load ``native/`` (weights-only: a pickled object outside the allow-list raises CheckpointError)."""
+        with weights_only_loads(self.engine):
+            path, _ = self.engine.load_checkpoint(str(ckpt_dir), tag=NATIVE_TAG, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=False)
         if path is None:
             raise CheckpointError(f"{ckpt_dir / NATIVE_TAG}: DeepSpeed could not load this checkpoint")
 
