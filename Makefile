@@ -26,19 +26,10 @@ install: $(STAMP)
 
 # The embedded study: a tiny base model pretrained here, the five strategies fine-tuned from it (ZeRO-3, CP=2 on
 # two gloo ranks), each converted to HF and evaluated; one report. DEMO_FAST=1: base + AO + ID, fewer steps,
-# the small suite, in runs/fast/. Rerunning skips finished stages.
-STRATEGIES := answer_only doc_ids ids_content ids_quotes reasoning
-ifeq ($(DEMO_FAST),1)
-DEMO_RECIPES := recipes/tiny_cpu/base.yaml recipes/tiny_cpu/answer_only.yaml recipes/tiny_cpu/doc_ids.yaml
-DEMO_ARGS := --set root=runs/fast --set train.steps=60 --set data.num_train=192 \
-             --set eval.suite=eval/suites/tiny_cpu_fast.yaml --report runs/fast/tiny_cpu/report
-else
-DEMO_RECIPES := recipes/tiny_cpu/base.yaml $(foreach s,$(STRATEGIES),recipes/tiny_cpu/$(s).yaml)
-DEMO_ARGS := --report runs/tiny_cpu/report
-endif
-
+# the small suite, in runs/fast/. Rerunning skips finished stages. The recipes and overrides live in
+# lcrecipes/commands/demo.py (`lcr demo [--fast]`), shared with the end-to-end test.
 demo: $(STAMP)
-	$(VENV)/bin/lcr run $(DEMO_RECIPES) $(DEMO_ARGS)
+	$(VENV)/bin/lcr demo $(if $(filter 1,$(DEMO_FAST)),--fast)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

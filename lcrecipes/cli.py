@@ -1,6 +1,6 @@
 """``lcr``: the one command. ``lcr config show RECIPE [section.key=value ...]`` prints the resolved recipe.
 
-Verbs: config, prepare, train, preflight, convert, eval, report, run, launch, plan. Each verb's module is imported
+Verbs: config, prepare, train, preflight, convert, eval, report, run, demo, launch, plan. Each verb's module is imported
 only when it runs, so ``lcr config show`` stays fast.
 """
 
@@ -26,6 +26,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("lcrecipes.eval.runner", "evaluate a recipe's model (or an HF dir) on a suite"),
     "report": ("lcrecipes.eval.report", "write the report of eval run dirs"),
     "run": ("lcrecipes.commands.run", "the whole pipeline (prepare, train, convert, eval, report), resumable"),
+    "demo": ("lcrecipes.commands.demo", "the embedded tiny study on CPU, end to end (--fast: the 5-minute variant)"),
     "launch": ("lcrecipes.commands.launch", "submit a recipe's training or eval sweep to Slurm (sbatch or submitit)"),
 }
 def build_parser() -> argparse.ArgumentParser:

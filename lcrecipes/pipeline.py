@@ -110,7 +110,8 @@ def _eval_cmd(recipe: Recipe, overrides: list[str]) -> list[list[str]]:
     cfg = recipe.cfg
     model = cfg.eval.hf_dir or str(Path(cfg.run_dir) / "hf")
     return [_lcr("eval", model, "--suite", str(cfg.eval.suite), "--strategy", cfg.eval.strategy or cfg.strategy.name,
-                 "--out", str(eval_dir(recipe)), "--label", cfg.name.replace("/", "-"))]
+                 "--out", str(eval_dir(recipe)), "--label", cfg.name.replace("/", "-"),
+                 *(["--threads", str(cfg.eval.threads)] if cfg.eval.threads else []))]
 
 
 STAGES: list[Stage] = [

@@ -50,6 +50,10 @@ class SyntheticConfig:
     # kind=lm: passages (biographies, place notes, filings) concatenated into one plain document; the number of
     # documents is num_train / num_eval.
     lm_doc_passages: int = 12
+    # kind=lm: fact sentences of the document's passages restated verbatim at its end ("Notes: ..."). They teach
+    # the in-context lookup-and-copy that real base models bring from pretraining (seeing a fact's start again,
+    # copy how it went on), which a tiny model otherwise does not learn in a few hundred steps.
+    lm_doc_recall: int = 0
     # Seed of the world itself (entities, attributes); the question sampler uses DataConfig.seed.
     world_seed: int = 1234
 
@@ -160,6 +164,7 @@ class DataConfig:
             ("synthetic.companies", 4),
             ("synthetic.years", 1),
             ("synthetic.lm_doc_passages", 1),
+            ("synthetic.lm_doc_recall", 0),
             ("tokenizer_vocab_size", 300),
         ):
             if self._get(key) < lo:

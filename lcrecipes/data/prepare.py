@@ -191,6 +191,7 @@ def _write_manifest(run: _Run, split: str, fp: str, shards: list, totals: Counte
                 "path": _relative(run.tokenizer_path, run.out),
                 "sha256": tokenizer_hash(tok),
                 "vocab_size": len(tok),
+                "bos_token_id": tok.bos_token_id,
                 "eos_token_id": tok.eos_token_id,
                 "pad_token_id": tok.pad_token_id,
             },
@@ -205,11 +206,12 @@ def _write_manifest(run: _Run, split: str, fp: str, shards: list, totals: Counte
 
 
 def _relative(path: str, out: Path) -> str:
-    """``path`` relative to ``out`` when inside it (manifests do not depend on where out_dir lives)."""
+    """``path`` relative to ``out`` when inside it (manifests do not depend on where out_dir lives), else absolute
+    (a path relative to the working directory would be read back relative to the split dir)."""
     try:
         return str(Path(path).resolve().relative_to(out.resolve()))
     except ValueError:
-        return str(path)
+        return str(Path(path).resolve())
 
 
 def manifest_tokenizer(split_dir: str | Path) -> str:

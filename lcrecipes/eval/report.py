@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lcrecipes.eval.metrics import bootstrap_ci
-from lcrecipes.eval.runner import read_rows
+from lcrecipes.eval.runner import PREDICTIONS, read_rows
 from lcrecipes.eval.tasks import IN_DOMAIN, OUT_OF_DOMAIN
 
 DOMAINS = (IN_DOMAIN, OUT_OF_DOMAIN)
@@ -319,7 +320,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, baseline: str 
 
     out = Path(out_dir)
     runs = load_runs(list(run_dirs))
-    base = load_runs([baseline])[0] if baseline is not None else None
+    base = load_runs([resolve_baseline(baseline, runs)])[0] if baseline is not None else None
     summaries = {}
     for run in runs:
         d = out / _safe(run.label)
@@ -334,6 +335,19 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, baseline: str 
     (out / "summary.json").write_text(json.dumps(_clean(summaries), indent=2, default=str))
     plots.score_vs_length(runs, out / "score_vs_length.png")
     return out / "summary.md"
+
+
+def resolve_baseline(baseline: str | Path, runs: list[Run]) -> Path:
+    """The base model's eval run dir: ``baseline`` itself, or, given a model's ``eval/`` folder, its subfolder for
+    the suite the compared runs used (so a recipe's ``eval.baseline`` holds whichever suite a run overrides)."""
+    path = Path(baseline)
+    if (path / PREDICTIONS).exists() or not runs:
+        return path
+    suite = runs[0].meta.get("suite_name")
+    if suite and (path / suite / PREDICTIONS).exists():
+        return path / suite
+    raise ValueError(f"baseline {path}: neither an eval run dir nor an eval/ folder with a '{suite}' run "
+                     "(run `lcr eval` on the base model with the same suite first)")
 
 
 def _safe(label: str) -> str:
@@ -358,5 +372,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    print(write_report(args.run_dirs, args.out, args.baseline))
+    try:
+        print(write_report(args.run_dirs, args.out, args.baseline))
+    except ValueError as e:
+        print(f"lcr report: {e}", file=sys.stderr)
+        return 2
     return 0

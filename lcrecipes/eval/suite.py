@@ -167,11 +167,13 @@ class EvalConfig:
     out_dir: str | None = None  # where predictions.jsonl goes (default: <run_dir>/eval/<suite name>)
     strategy: str | None = None  # output strategy to prompt and parse with (default: the recipe's)
     baseline: str | None = None  # eval run dir of the base model, for gains in the report
+    threads: int | None = None  # CPU intra-op threads for the model (None: torch's default, one per core)
 
     def problems(self) -> list[tuple[str, str]]:
+        out = [] if self.threads is None or self.threads >= 1 else [("eval.threads", "must be >= 1 or null")]
         if self.suite is not None and not Path(self.suite).is_file():
-            return [("eval.suite", f"no such suite file: {self.suite}")]
-        return []
+            out.append(("eval.suite", f"no such suite file: {self.suite}"))
+        return out
 
 
 def load_suite(path: str | Path) -> EvalSuite:

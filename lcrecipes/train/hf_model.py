@@ -8,6 +8,7 @@ layout travels as forward kwargs (``cp_forward_kwargs``).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
@@ -38,6 +39,20 @@ def model_spec(cfg: RecipeConfig) -> ModelSpec:
     return spec
 
 
+def special_token_ids(cfg: RecipeConfig) -> dict[str, int | None]:
+    """bos/eos/pad ids of the tokenizer the data was prepared with (from the train manifest), so a model trained
+    from scratch stops generating at that tokenizer's eos (the HF config defaults, bos=1/eos=2, are someone else's).
+    Empty when the data is not prepared yet."""
+    import json
+
+    manifest = Path(cfg.data.out_dir) / "train" / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    tok = json.loads(manifest.read_text()).get("tokenizer", {})
+    return {"bos_token_id": tok.get("bos_token_id"), "eos_token_id": tok.get("eos_token_id"),
+            "pad_token_id": tok.get("pad_token_id")}
+
+
 def build_hf_model(cfg: RecipeConfig, attention: str) -> torch.nn.Module:
     """An fp32 ``AutoModelForCausalLM`` with attention ``lcr_<attention>``; random init seeded by
     ``train.seed`` (identical on every rank and for any world size)."""
@@ -51,7 +66,7 @@ def build_hf_model(cfg: RecipeConfig, attention: str) -> torch.nn.Module:
         model = AutoModelForCausalLM.from_pretrained(cfg.model.hf_path, dtype=torch.float32, attn_implementation=impl)
     else:
         torch.manual_seed(cfg.train.seed)
-        hf_cfg = hf_config_from_spec(cfg.model.to_spec(), use_cache=False)
+        hf_cfg = hf_config_from_spec(cfg.model.to_spec(), use_cache=False, **special_token_ids(cfg))
         model = AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=impl, dtype=torch.float32)
     model.config.use_cache = False
     if cfg.train.activation_checkpointing:

@@ -247,3 +247,50 @@ def test_config_validation_and_overrides():
     assert data_config(["seq_len=4096", "synthetic.entities=50"]).synthetic.entities == 50
     with pytest.raises(ValueError, match="nope"):
         data_config(["nope=1"])
+
+
+def test_lcr_prepare_reports_an_overlong_document_in_one_line(base, tmp_path, capsys):
+    import yaml
+
+    from lcrecipes.cli import main
+
+    cfg = _hotpot_cfg(base, 2048, context_tokens=2040, num_train=1, num_eval=0)
+    data = {k: getattr(cfg, k) for k in ("source", "train_path", "corpus_path", "tokenizer", "cache_dir", "seq_len",
+                                         "context_tokens", "num_train", "num_eval", "negatives_top_k")}  # fmt: skip
+    recipe = tmp_path / "r.yaml"
+    data["out_dir"] = str(tmp_path / "o")
+    body = {"name": "overlong", "run_dir": str(tmp_path / "run"), "strategy": {"name": "reasoning"}, "data": data}
+    recipe.write_text(yaml.safe_dump(body))
+    assert main(["prepare", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    assert err.startswith(f"lcr prepare: {recipe}: document 'q0' has ") and "data.seq_len=2048" in err, err
+    assert "data.overlong=error" in err and "data.context_tokens=2040" in err
+
+
+def test_a_tokenizer_outside_out_dir_given_relative_to_cwd_is_found_again(base, tmp_path, monkeypatch):
+    """A fine-tuning recipe names the base run's tokenizer relative to the working directory; the manifest must
+    record a path that ``manifest_tokenizer`` resolves from the split dir (it used to join the two)."""
+    monkeypatch.chdir(base["root"])
+    rel = Path(base["tokenizer"]).relative_to(base["root"])
+    cfg = DataConfig(out_dir=str(tmp_path / "ft"), num_train=4, num_eval=2, seq_len=2048, context_tokens=800,
+                     tokenizer=str(rel))
+    out = prepare(cfg, "doc_ids")
+    monkeypatch.chdir(tmp_path)
+    assert Path(manifest_tokenizer(out / "train")).resolve() == Path(base["tokenizer"]).resolve()
+    assert load_tokenizer(manifest_tokenizer(out / "train")) is not None
+
+
+def test_a_model_trained_from_scratch_takes_the_prepared_tokenizers_special_ids(base):
+    """The HF config of a from-scratch model carries the data tokenizer's eos/pad (our tokenizer: eos=<|im_end|>),
+    not LlamaConfig's defaults (bos=1, eos=2), or generation never stops at the trained end of an answer."""
+    from lcrecipes.config import load_recipe
+    from lcrecipes.train.hf_model import build_hf_model, special_token_ids
+
+    cfg = load_recipe(Path(__file__).parents[2] / "recipes/tiny_cpu/base.yaml",
+                      [f"data.out_dir={base['tiny']}", "model.num_layers=1", "model.hidden_size=64"]).cfg
+    tok = load_tokenizer(base["tokenizer"])
+    assert special_token_ids(cfg) == {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+                                      "pad_token_id": tok.pad_token_id}
+    model = build_hf_model(cfg, "sdpa")
+    assert (model.config.eos_token_id, model.config.pad_token_id) == (tok.eos_token_id, tok.pad_token_id) != (2, None)

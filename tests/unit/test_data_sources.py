@@ -166,3 +166,19 @@ def test_synthetic_records_are_consistent():
             assert r.choices[letter].split()[0] in r.supporting[r.gold[0].pid][0]
         else:
             assert any(r.answers[0] in p.text for p in r.gold)
+
+
+def test_lm_document_notes_restate_sentences_of_its_own_passages():
+    import random
+
+    from lcrecipes.data.synthetic.world import World
+
+    w = World(40, 8, 2, 7)
+    plain = w.lm_document(random.Random(3), 4)
+    doc = w.lm_document(random.Random(3), 4, n_recall=5)
+    body, notes = doc.split("\n\nNotes:\n")
+    assert body == plain and "Notes:" not in plain
+    lines = notes.split("\n")
+    assert len(lines) == 5 and len(set(lines)) == 5
+    for line in lines:  # verbatim (the copy target), from this document only
+        assert line.endswith(".") and line[:-1] in body

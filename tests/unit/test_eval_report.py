@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lcrecipes.eval.report import load_runs, run_summary, write_report
+from lcrecipes.eval.report import load_runs, resolve_baseline, run_summary, write_report
 
 
 def row(task, domain, setting, score, length=None, uid="u", kept=100, full=100, **kw) -> dict:
@@ -95,3 +95,14 @@ def test_empty_run_dir_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no prediction rows"):
         load_runs([tmp_path / "empty"])
+
+
+def test_baseline_given_as_the_base_models_eval_folder_picks_the_same_suite(tmp_path):
+    base = write_run(tmp_path / "base" / "eval" / "t", "base", "answer_only", base_rows())
+    write_run(tmp_path / "base" / "eval" / "other", "base", "answer_only", [])  # another suite's run: not picked
+    tuned = write_run(tmp_path / "tuned", "tiny", "doc_ids", base_rows())
+    runs = load_runs([tuned])
+    assert resolve_baseline(tmp_path / "base" / "eval", runs) == base
+    assert resolve_baseline(base, runs) == base
+    with pytest.raises(ValueError, match="baseline .*nowhere.*'t' run"):
+        resolve_baseline(tmp_path / "nowhere", runs)

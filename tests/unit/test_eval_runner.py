@@ -157,7 +157,7 @@ def test_report_cli_writes_tables_and_plots(setup, capsys):
     assert "pass --strategy, --out" in capsys.readouterr().err
     recipe = runner.resolve_target(p.parse_args([str(REPO / "recipes/tiny_cpu/doc_ids.yaml")]))
     assert recipe[1:] == ("eval/suites/tiny_cpu.yaml", "doc_ids", "runs/tiny_cpu/doc_ids/eval/tiny_cpu",
-                          "tiny_cpu-doc_ids")  # fmt: skip
+                          "tiny_cpu-doc_ids", 1)  # fmt: skip
 
 
 def test_hf_judge_on_the_tiny_model(setup):

@@ -64,7 +64,7 @@ class SyntheticGenerator:
         """``n`` plain documents of ``lm_doc_passages`` passages each, as ``(doc_id, text)``."""
         for i in range(n):
             rng = random.Random(stable_seed(self.seed, "lm", split, i))
-            yield f"lm:{split}:{i}", self.world.lm_document(rng, self.cfg.lm_doc_passages)
+            yield f"lm:{split}:{i}", self.world.lm_document(rng, self.cfg.lm_doc_passages, self.cfg.lm_doc_recall)
 
     def tokenizer_texts(self) -> Iterator[str]:
         """Text the tokenizer is trained on: every passage, plus questions and answers of every type."""

@@ -162,8 +162,14 @@ class World:
             + [self.filing_passage(k) for k in sorted(self.filings)]
         )
 
-    def lm_document(self, rng: random.Random, n_passages: int) -> str:
-        """A plain long document: ``n_passages`` random passages under their titles (for LM pretraining)."""
+    def lm_document(self, rng: random.Random, n_passages: int, n_recall: int = 0) -> str:
+        """A plain long document: ``n_passages`` random passages under their titles (for LM pretraining), then
+        ``n_recall`` of their fact sentences restated verbatim under ``Notes:`` (none when 0)."""
         pool = self.passages()
-        parts = [f"{p.title}\n{p.text}" for p in rng.sample(pool, min(n_passages, len(pool)))]
-        return "\n\n".join(parts)
+        chosen = rng.sample(pool, min(n_passages, len(pool)))
+        doc = "\n\n".join(f"{p.title}\n{p.text}" for p in chosen)
+        if n_recall <= 0:
+            return doc
+        sentences = [s for p in chosen for s in p.text.split(". ") if s]
+        notes = [s if s.endswith(".") else s + "." for s in rng.sample(sentences, min(n_recall, len(sentences)))]
+        return doc + "\n\nNotes:\n" + "\n".join(notes)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import bm25s
 
 from lcrecipes.eval.rag.base import Retriever, register
+
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its logger to DEBUG on import (one line per index)
 
 
 @register
