@@ -2,10 +2,13 @@
 
     .venv/bin/python bench/bench_compression.py [--context 1024] [--budget 0.25] [--repeats 3]
 
+    .venv/bin/python bench/bench_compression.py --context 8192 --repeats 3   # a context where compression matters
+
 Prints two tables:
   1. each method and mode: prefill and decode time (fastest of --repeats), total time relative to `none` in the
-     same mode (target <= 1.1x), and measured kept bytes relative to (1 - ratio) x full (target within 1%;
-     masking methods are checked against full instead);
+     same mode (target <= 1.1x), the time spent inside the kvpress press's own `score` (its compute, not our
+     adapter's) and the ratio to `none` without it (what our adapter and the hooks cost), and measured kept bytes
+     relative to (1 - ratio) x full (target within 1%; masking methods are checked against full instead);
   2. our adapter vs kvpress's own `KVPressTextGenerationPipeline` on the same press (query-agnostic, as the
      pipeline compresses the context alone): time ratio and whether the answers are identical.
 The numbers are recorded by hand in bench/RESULTS.md.
@@ -31,13 +34,13 @@ from lcrecipes.eval.compression.press import PressMethod, press_ratio  # noqa: E
 VOCAB = 256
 
 
-def tiny_model() -> LlamaForCausalLM:
+def tiny_model(max_positions: int = 8192) -> LlamaForCausalLM:
     """2 layers, hidden 64, 4 heads, 2 KV heads, fp32, random init (seed 0); no end-of-sequence token, so
     every method generates exactly --new-tokens tokens."""
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=8192, bos_token_id=0, eos_token_id=None,
+        num_key_value_heads=2, max_position_embeddings=max(8192, max_positions), bos_token_id=0, eos_token_id=None,
         attn_implementation="sdpa",
     )  # fmt: skip
     return LlamaForCausalLM(config).eval()
@@ -65,23 +68,66 @@ def timed(calls: dict, repeats: int) -> dict:
     return best
 
 
+class ScoreClock:
+    """Seconds spent inside the kvpress presses' own `score` (the press's compute, as opposed to our adapter, the
+    hooks and the model): wraps `score` on each press class while active; `seconds` is reset by `start()`."""
+
+    def __init__(self, classes: list[type]) -> None:
+        self.classes, self.seconds, self.saved = list(dict.fromkeys(classes)), 0.0, {}
+
+    def start(self) -> None:
+        self.seconds = 0.0
+
+    def __enter__(self) -> ScoreClock:
+        for cls in self.classes:
+            self.saved[cls] = cls.__dict__.get("score")
+            cls.score = self._timed(cls.score)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for cls, score in self.saved.items():
+            if score is None:
+                del cls.score  # it was inherited
+            else:
+                cls.score = score
+
+    def _timed(self, score):
+        def timed_score(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return score(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        return timed_score
+
+
 def method_table(model, context, question, args) -> None:
     print(f"\n## methods: context {len(context)} tokens, question {len(question)}, budget {args.budget}, "
           f"{args.new_tokens} new tokens, fastest of {args.repeats}")  # fmt: skip
-    print(f"{'method':20s} {'mode':15s} {'prefill ms':>10s} {'decode ms':>10s} {'x none':>7s} "
-          f"{'kept/exp':>9s} {'claim':>6s}")  # fmt: skip
+    print(f"{'method':20s} {'mode':15s} {'prefill ms':>10s} {'decode ms':>10s} {'x none':>7s} {'score ms':>9s} "
+          f"{'x none w/o score':>16s} {'kept/exp':>9s} {'claim':>6s}")  # fmt: skip
     methods = {name: get_method(name) for name in METHODS}
+    clock = ScoreClock([m.press_cls for m in methods.values() if isinstance(m, PressMethod)])
+
+    def call(method, mode):
+        clock.start()
+        res = method.generate(model, None, context, question, args.budget, mode, args.new_tokens)
+        return res, clock.seconds
+
     calls = {
-        (name, mode): lambda m=method, md=mode: m.generate(model, None, context, question, args.budget, md,
-                                                           args.new_tokens)
+        (name, mode): lambda m=method, md=mode: call(m, md)
         for mode in MODES for name, method in methods.items() if mode in method.modes
     }  # fmt: skip
-    results = timed(calls, args.repeats)
-    for (name, mode), (res, total) in results.items():
-        method = methods[name]
+    with clock:
+        results = timed(calls, args.repeats)
+    for (name, mode), ((res, score_s), total) in results.items():
+        method, none_s = methods[name], results["none", mode][1]
         frac = expected_kept_fraction(args.budget, len(context)) if method.frees_memory else 1.0
-        print(f"{name:20s} {mode:15s} {res.prefill_s * 1e3:10.2f} {res.decode_s * 1e3:10.2f} "
-              f"{total / results['none', mode][1]:7.2f} {res.kv_bytes_kept / (frac * res.kv_bytes_full):9.4f} "
+        score = f"{score_s * 1e3:9.2f} {(total - score_s) / none_s:16.2f}" if isinstance(method, PressMethod) else \
+            f"{'-':>9s} {'-':>16s}"
+        print(f"{name:20s} {mode:15s} {res.prefill_s * 1e3:10.2f} {res.decode_s * 1e3:10.2f} {total / none_s:7.2f} "
+              f"{score} {res.kv_bytes_kept / (frac * res.kv_bytes_full):9.4f} "
               f"{'ok' if memory_claim_holds(method, res, args.budget) else 'FLAG':>6s}")  # fmt: skip
 
 
@@ -120,7 +166,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (fastest kept)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model = tiny_model()
+    model = tiny_model(args.context + args.question + args.new_tokens)
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(2, VOCAB, (args.context + args.question,), generator=gen).tolist()
     context, question = ids[: args.context], ids[args.context :]

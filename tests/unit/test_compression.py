@@ -171,6 +171,25 @@ def test_topk_kernel_with_all_keys_matches_dense_attention():
     assert ATTN_NAME in ALL_ATTENTION_FUNCTIONS
 
 
+@pytest.mark.parametrize("q_len", [1, 3])
+def test_topk_kernel_equals_dense_attention_on_the_top_k_keys(q_len):
+    """Reference: dense scores with every context key outside each query head's top-k set to -inf."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, q_len, 16), torch.randn(1, 2, 20, 16), torch.randn(1, 2, 20, 16)
+    allowed = None if q_len == 1 else (torch.arange(20) <= torch.arange(20 - q_len, 20).unsqueeze(-1))[None, None]
+    out, w = topk_attention(q, k, v, allowed, n_context=15, k=5, scaling=0.25)
+    k4, v4 = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+    scores = q @ k4.transpose(2, 3) * 0.25
+    top = scores[..., :15].topk(5, dim=-1).indices
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    keep[..., :15] = torch.zeros_like(scores[..., :15], dtype=torch.bool).scatter(-1, top, True)
+    if allowed is not None:
+        keep &= allowed
+    ref = scores.masked_fill(~keep, float("-inf")).softmax(-1)
+    torch.testing.assert_close(w, ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(out, (ref @ v4).transpose(1, 2), rtol=1e-6, atol=1e-6)
+
+
 def test_budget_and_call_validation(model, prompt):
     assert n_kept_tokens(0.25, 160) == 40 and n_kept_tokens(500, 160) == 160 and n_kept_tokens(1e-6, 160) == 1
     for bad in (0.0, 1.5, 0, True, "0.5"):

@@ -3,7 +3,9 @@ negative controls, clear errors for bad input, and no partial output directory e
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -216,3 +218,56 @@ def test_safetensors_shards_are_written_in_any_order(tmp_path: Path) -> None:
     assert len(set(index["weight_map"].values())) == 4  # t0+t1 share a 40-byte shard; t2..t4 are larger
     got = weights(tmp_path)
     assert all(torch.equal(got[k], v) for k, v in tensors.items())
+
+
+def test_megatron_to_hf_copies_file_pieces_that_hold_the_read_tensors(tmp_path: Path, monkeypatch) -> None:
+    """A same-dtype Megatron -> HF conversion hands every tensor (the per-group qkv split included) to the
+    writer as file pieces; their bytes are the tensors the read path computes, and copying them through memory
+    (no ``copy_file_range``) writes the same files. A dtype change reads tensors instead."""
+    from lcrecipes.checkpoint.convert import safetensors_out
+    from lcrecipes.checkpoint.convert.megatron import MegatronReader
+
+    convert("hf", "megatron", save_hf(tmp_path / "hf", "qwen2"), tmp_path / "mg")
+    reader = MegatronReader(tmp_path / "mg")
+    read = {k: v for block in reader.blocks() for k, v in block.items()}
+    stored = {k: v for block in reader.stored_blocks(torch.float32) for k, v in block.items()}
+    assert stored.keys() == read.keys() and not any(isinstance(v, torch.Tensor) for v in stored.values())
+    assert len(stored["model.layers.0.self_attn.q_proj.weight"]) == 2  # one piece per KV group
+    for name, pieces in stored.items():
+        raw = b"".join(Path(f).read_bytes()[a:a + n] for f, a, n in pieces)
+        assert raw == read[name].contiguous().numpy().tobytes(), name
+    assert all(isinstance(v, torch.Tensor) for block in reader.stored_blocks(torch.bfloat16) for v in block.values())
+
+    convert("megatron", "hf", tmp_path / "mg", tmp_path / "kernel", max_shard_bytes=60_000)
+
+    def unsupported(*args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(safetensors_out.os, "copy_file_range", unsupported)
+    convert("megatron", "hf", tmp_path / "mg", tmp_path / "memory", max_shard_bytes=60_000)
+    shards = sorted(p.name for p in (tmp_path / "kernel").glob("*.safetensors"))
+    assert len(shards) > 1 and shards == sorted(p.name for p in (tmp_path / "memory").glob("*.safetensors"))
+    assert all((tmp_path / "kernel" / s).read_bytes() == (tmp_path / "memory" / s).read_bytes() for s in shards)
+
+
+def test_trace_rows_finds_row_moves_and_nothing_else() -> None:
+    from lcrecipes.checkpoint.convert.megatron import trace_rows
+
+    shapes = {"a": (6, 3), "b": (4,), "c": (2, 3)}
+    plan = trace_rows(lambda t: {
+        "rev": t["a"].flip(0), "mid": t["a"][2:4], "half": t["b"].chunk(2)[1],
+        "gap": torch.cat([t["a"][:1], t["a"][3:]]), "scaled": t["a"] * 2, "shifted": t["b"] + 1,
+        "transposed": t["a"].T, "cast": t["b"].float(), "two_inputs": torch.cat([t["a"], t["c"]]),
+    }, shapes)  # fmt: skip
+    assert plan == {"rev": ("a", [(5 - i, 6 - i) for i in range(6)]), "mid": ("a", [(2, 4)]),
+                    "half": ("b", [(2, 4)]), "gap": ("a", [(0, 1), (3, 6)]), "scaled": None, "shifted": None,
+                    "transposed": None, "cast": None, "two_inputs": None}
+    assert trace_rows(lambda t: {"x": t["a"].view(3, 6)}, shapes) is None  # fails on the row-number tensors
+
+
+def test_a_truncated_megatron_file_is_named(tmp_path: Path) -> None:
+    convert("hf", "megatron", save_hf(tmp_path / "hf"), tmp_path / "mg")
+    victim = next((tmp_path / "mg").glob("*.distcp"))
+    os.truncate(victim, victim.stat().st_size - 100)
+    with pytest.raises(ConvertError, match=rf"{victim.name}: truncated: .* places records up to byte"):
+        convert("megatron", "hf", tmp_path / "mg", tmp_path / "out")

@@ -52,7 +52,8 @@ def convert(src_format: str, dst_format: str, src: str | Path, dst: str | Path, 
     log.info("converting %s (%s, %s) -> %s (%s, %s)", src, src_format, reader.spec.family, dst, dst_format, name)
     checked = None
     with atomic_dir(dst, overwrite=overwrite) as tmp:
-        writer.write(reader.spec, reader.blocks(), tmp, out_dtype, reader)
+        blocks = reader.stored_blocks(out_dtype) if writer.copies_stored_bytes else reader.blocks()
+        writer.write(reader.spec, blocks, tmp, out_dtype, reader)
         if verify:
             checked = compare(reader, READERS[dst_format](tmp), out_dtype)
     return ConvertResult(Path(dst), name, time.perf_counter() - start, checked)

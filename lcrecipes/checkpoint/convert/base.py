@@ -23,6 +23,9 @@ from lcrecipes.models import ModelSpec, get_family
 log = logging.getLogger(__name__)
 
 Block = dict[str, Tensor]  # HF names (``model.layers.3.self_attn.q_proj.weight`` ...) -> full tensors
+Piece = tuple[Path, int, int]  # (file, byte offset, byte count)
+# A block whose tensors may instead be the pieces of source files that, concatenated, hold their bytes.
+StoredBlock = dict[str, Tensor | list[Piece]]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SPEC_FILE = "model_spec.json"  # our ModelSpec, saved beside Megatron and DeepSpeed checkpoints
@@ -50,6 +53,12 @@ class Reader:
         that keeps them past the next block must copy them."""
         raise NotImplementedError
 
+    def stored_blocks(self, dtype: torch.dtype) -> Iterator[StoredBlock]:
+        """``blocks()`` for writers that copy bytes (``Writer.copies_stored_bytes``): a tensor the source stores
+        as it is (in ``dtype``, its rows in the HF order) may come as the file pieces holding its bytes instead of
+        being read. The default reads everything."""
+        return self.blocks()
+
     def logits(self, input_ids: Tensor) -> Tensor:
         """``[batch, seq, vocab]`` fp32 logits of this checkpoint's own model for ``input_ids [batch, seq]``,
         computed on CPU in fp32 (for ``--verify``)."""
@@ -69,6 +78,7 @@ class Writer:
     directory that the caller renames on success)."""
 
     format: ClassVar[str]
+    copies_stored_bytes: ClassVar[bool] = False  # True: ``write`` takes ``Reader.stored_blocks`` (file pieces)
 
     def __init__(self, **options: Any) -> None:
         self.options = options  # format-specific; writers ignore the options they do not use

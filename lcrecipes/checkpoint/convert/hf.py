@@ -1,7 +1,8 @@
 """Hugging Face checkpoints: ``config.json`` + sharded safetensors with ``model.safetensors.index.json``.
 
 The writer streams: the shards are planned from the spec, and each tensor is cast and written to its place in its
-shard as soon as its block arrives (``safetensors_out``), so memory holds one block. Only safetensors are read.
+shard as soon as its block arrives (``safetensors_out``), so memory holds one block; a tensor the source stores as
+it is comes as file pieces (``Reader.stored_blocks``) and is copied file to file. Only safetensors are read.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lcrecipes.checkpoint.convert.base import (
     Block,
     ConvertError,
     Reader,
+    StoredBlock,
     Writer,
     check_shape,
     find_tokenizer_dir,
@@ -138,13 +140,14 @@ class HFReader(Reader):
 @register_writer
 class HFWriter(Writer):
     format = "hf"
+    copies_stored_bytes = True
 
     def __init__(self, max_shard_bytes: int = DEFAULT_SHARD_BYTES, tokenizer: str | Path | None = None,
                  **options) -> None:
         super().__init__(**options)
         self.max_shard_bytes, self.tokenizer = max_shard_bytes, tokenizer
 
-    def write(self, spec: ModelSpec, blocks: Iterator[Block], out_dir: Path, dtype: torch.dtype,
+    def write(self, spec: ModelSpec, blocks: Iterator[StoredBlock], out_dir: Path, dtype: torch.dtype,
               reader: Reader) -> None:
         expected = hf_shapes(spec)
         out = ShardedSafetensorsWriter(out_dir, expected, dtype, self.max_shard_bytes)
@@ -153,8 +156,11 @@ class HFWriter(Writer):
                 for name, t in block.items():
                     if name not in expected:
                         raise ConvertError(f"{reader.path}: unexpected tensor {name} for a {spec.family} model")
-                    check_shape(str(reader.path), name, tuple(t.shape), expected[name], spec_hint(spec))
-                    out.put(name, t)
+                    if isinstance(t, Tensor):
+                        check_shape(str(reader.path), name, tuple(t.shape), expected[name], spec_hint(spec))
+                        out.put(name, t)
+                    else:  # file pieces holding its bytes (Reader.stored_blocks)
+                        out.copy(name, t)
             missing = sorted(out.pending)
             if missing:
                 raise ConvertError(f"{reader.path}: the checkpoint yielded no {missing[:3]} ...")

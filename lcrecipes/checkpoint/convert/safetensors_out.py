@@ -1,14 +1,16 @@
 """Streaming sharded safetensors output: every tensor is written to its place the moment it arrives.
 
 The shard layout is planned before any weight is read (names, shapes and the output dtype are known from the
-spec), so each shard's header is written first and each tensor's bytes go straight to their offset (``pwrite``,
-no copy). Memory holds only the block being converted, never a shard. The format: an 8-byte little-endian header
-length, a JSON header ``{name: {dtype, shape, data_offsets}, "__metadata__": {...}}`` padded to 8 bytes, then the
-raw little-endian tensor bytes.
+spec), so each shard's header is written first and each tensor's bytes go straight to their offset: copied file
+to file by the kernel when the reader hands over where they lie (``copy``, from ``Reader.stored_blocks``), else
+written from the tensor's memory (``put``: ``pwrite``, no copy). Memory holds only the block being converted, never
+a shard. The format: an 8-byte little-endian header length, a JSON header ``{name: {dtype, shape, data_offsets},
+"__metadata__": {...}}`` padded to 8 bytes, then the raw little-endian tensor bytes.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -52,6 +54,7 @@ def plan_shards(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, max_byte
     return shards
 
 
+UNSUPPORTED = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
 WRITE_CHUNK = 16 << 20  # bytes per pwrite: one huge write into a fresh file is several times slower here
 
 
@@ -61,14 +64,42 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[n:], offset + n
 
 
+def _copy_range(src: int, src_offset: int, dst: int, dst_offset: int, nbytes: int) -> bool:
+    """Kernel copy of ``nbytes`` between open files; False (nothing copied) where unsupported."""
+    done = 0
+    try:
+        while done < nbytes:
+            n = os.copy_file_range(src, dst, nbytes - done, src_offset + done, dst_offset + done)
+            if n == 0:
+                raise OSError(f"source file ends before byte {src_offset + nbytes}")
+            done += n
+    except OSError as e:
+        if done or e.errno not in UNSUPPORTED:
+            raise
+        return False
+    return True
+
+
+def _pread_all(fd: int, offset: int, nbytes: int) -> bytes:
+    data = os.pread(fd, nbytes, offset)
+    while len(data) < nbytes:
+        more = os.pread(fd, nbytes - len(data), offset + len(data))
+        if not more:
+            raise OSError(f"source file ends before byte {offset + nbytes}")
+        data += more
+    return data
+
+
 class ShardedSafetensorsWriter:
-    """Open all planned shard files; ``put(name, tensor)`` writes one tensor; ``close()`` checks completeness,
-    fsyncs and writes ``model.safetensors.index.json``."""
+    """Open all planned shard files; ``put(name, tensor)`` or ``copy(name, file pieces)`` writes one tensor;
+    ``close()`` checks completeness, fsyncs and writes ``model.safetensors.index.json``."""
 
     def __init__(self, out_dir: Path, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, max_bytes: int):
         if sys.byteorder != "little":
             raise RuntimeError("safetensors output needs a little-endian machine")
         self.out_dir, self.dtype = Path(out_dir), dtype
+        self.kernel_copy = hasattr(os, "copy_file_range")  # Linux; elsewhere ``copy`` goes through memory
+        self.sources: dict[Path, int] = {}  # source files of ``copy``, open until close/abort
         self.shards = plan_shards(shapes, dtype, max_bytes)
         self.where = {n: s for s in self.shards for n in s.entries}
         self.pending = set(self.where)
@@ -80,14 +111,38 @@ class ShardedSafetensorsWriter:
             self.fds[s.file], self.data_start[s.file] = fd, len(head)
 
     def put(self, name: str, t: Tensor) -> None:
-        shard = self.where[name]
-        shape, start, end = shard.entries[name]
+        """Write tensor ``name`` (cast to the output dtype) from memory."""
+        fd, offset, _ = self._slot(name)
+        if tuple(t.shape) != self.where[name].entries[name][0]:
+            raise ValueError(f"{name}: shape {tuple(t.shape)}, planned {self.where[name].entries[name][0]}")
         t = t.detach().to(self.dtype).contiguous()
-        if tuple(t.shape) != shape or name not in self.pending:
-            raise ValueError(f"{name}: shape {tuple(t.shape)} (planned {shape}) or written twice")
         raw = memoryview(t.view(torch.uint8).reshape(-1).numpy()) if t.numel() else memoryview(b"")
-        _pwrite_all(self.fds[shard.file], raw, self.data_start[shard.file] + start)
+        _pwrite_all(fd, raw, offset)
         self.pending.discard(name)
+
+    def copy(self, name: str, pieces: list[tuple[Path, int, int]]) -> None:
+        """Write tensor ``name`` from bytes already in the output dtype in source files: ``pieces`` ``(file,
+        offset, count)`` concatenated in order. The kernel copies them file to file (``os.copy_file_range``: one
+        copy, no user memory); where it cannot (another file system, an old kernel) they go through memory."""
+        fd, offset, nbytes = self._slot(name)
+        if sum(n for _, _, n in pieces) != nbytes:
+            raise ValueError(f"{name}: the source pieces hold {sum(n for _, _, n in pieces)} bytes, planned {nbytes}")
+        for path, start, n in pieces:
+            if path not in self.sources:
+                self.sources[path] = os.open(path, os.O_RDONLY)
+            self.kernel_copy = self.kernel_copy and _copy_range(self.sources[path], start, fd, offset, n)
+            if not self.kernel_copy:
+                _pwrite_all(fd, memoryview(_pread_all(self.sources[path], start, n)), offset)
+            offset += n
+        self.pending.discard(name)
+
+    def _slot(self, name: str) -> tuple[int, int, int]:
+        """(shard fd, byte offset in the shard, byte count) of a tensor not yet written."""
+        if name not in self.pending:
+            raise ValueError(f"{name}: not planned or written twice")
+        shard = self.where[name]
+        _, start, end = shard.entries[name]
+        return self.fds[shard.file], self.data_start[shard.file] + start, end - start
 
     def close(self) -> None:
         if self.pending:
@@ -100,6 +155,6 @@ class ShardedSafetensorsWriter:
         (self.out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
     def abort(self) -> None:
-        for fd in self.fds.values():
+        for fd in [*self.fds.values(), *self.sources.values()]:
             os.close(fd)
-        self.fds = {}
+        self.fds, self.sources = {}, {}

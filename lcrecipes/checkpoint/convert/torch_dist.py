@@ -6,10 +6,11 @@ tensors, one per layer: Megatron saves ``decoder.layers.X [L, ...]`` layer by la
 archive at a byte range of a ``.distcp`` file. The writer stores the same per-layer chunks, so a Megatron trainer
 loading the result reads only its own layers.
 
-Reading: a chunk's storage record is stored uncompressed, so ``read_rows`` reads the requested rows' bytes straight
-into the output tensor (one copy from the page cache, as a file copy would; the tensor layout comes from the
-archive's ``data.pkl``, parsed by an unpickler that admits nothing but torch's tensor-rebuild call). Records it
-cannot read that way (transforms, non-contiguous, big-endian) go through DCP's own loader
+Reading: a chunk's storage record is stored uncompressed, so its bytes can be used where they lie: ``byte_pieces``
+says where (file, offset, count) the elements of a tensor are, ``map_rows`` memory-maps rows (copy-on-write,
+nothing read until touched) and ``read_rows`` reads them straight into an output tensor. The tensor layout comes
+from the archive's ``data.pkl``, parsed by an unpickler that admits nothing but torch's tensor-rebuild call.
+Records that cannot be used that way (transforms, non-contiguous, big-endian) go through DCP's own loader
 (``torch.load(weights_only=True)`` of the whole chunk, then a copy).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import collections
 import io
 import math
+import mmap
 import os
 import pickle
 import struct
@@ -170,6 +172,14 @@ class TorchDistFiles:
         names = sorted({info.relative_path for info in self.meta.storage_data.values()})
         return [self.path / n for n in names if not (self.path / n).is_file()]
 
+    def short_files(self) -> list[tuple[Path, int, int]]:
+        """``(file, size, bytes .metadata says it holds)`` for every present file shorter than its records."""
+        need: dict[str, int] = collections.defaultdict(int)
+        for info in self.meta.storage_data.values():
+            need[info.relative_path] = max(need[info.relative_path], info.offset + info.length)
+        sizes = {n: (self.path / n).stat().st_size for n in need if (self.path / n).is_file()}
+        return [(self.path / n, sizes[n], need[n]) for n in sorted(sizes) if sizes[n] < need[n]]
+
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self.tensors[key].size)
 
@@ -196,6 +206,79 @@ class TorchDistFiles:
                      no_dist=True)
         return out
 
+    def map_rows(self, keys: list[str], start: int = 0, stop: int | None = None) -> dict[str, Tensor]:
+        """Like ``read_rows``, but a tensor whose rows lie in one plain chunk is a copy-on-write memory map of the
+        file's bytes: nothing is read until a page is touched, and writing to it would change only this process's
+        pages, never the file. The mapping lives as long as the tensor (or a view of it) does. Others are read."""
+        out, rest = {}, []
+        for key in keys:
+            t = self._map(key, start, self.shape(key)[0] if stop is None else stop)
+            if t is None:
+                rest.append(key)
+            else:
+                out[key] = t
+        return out | (self.read_rows(rest, start, stop) if rest else {})
+
+    def byte_pieces(self, key: str, ranges: list[tuple[int, int]]) -> list[tuple[Path, int, int]] | None:
+        """Where elements ``[a, b)`` (row-major over the whole tensor) of each range lie, in order: file pieces
+        ``(file, byte offset, byte count)``, touching ones merged; None when a part is not stored plainly."""
+        shape, itemsize = self.shape(key), self.dtype(key).itemsize
+        inner, pieces = math.prod(shape[1:]), []
+        chunks = sorted(self.tensors[key].chunks, key=lambda c: c.offsets[0])
+        for a, b in ranges:
+            covered = 0
+            for c in chunks:
+                lo, hi = max(a, c.offsets[0] * inner), min(b, (c.offsets[0] + c.sizes[0]) * inner)
+                if lo >= hi:
+                    continue
+                plain = self._plain(key, c, itemsize)
+                if plain is None:
+                    return None
+                path, data = plain
+                at, n = data + (lo - c.offsets[0] * inner) * itemsize, (hi - lo) * itemsize
+                if pieces and pieces[-1][0] == path and pieces[-1][1] + pieces[-1][2] == at:
+                    pieces[-1] = (path, pieces[-1][1], pieces[-1][2] + n)
+                else:
+                    pieces.append((path, at, n))
+                covered += hi - lo
+            if covered != b - a:
+                return None
+        return pieces
+
+    def _plain(self, key: str, chunk, itemsize: int) -> tuple[Path, int] | None:
+        """``(file, byte offset of the first element)`` of a chunk stored as plain row-major bytes spanning whole
+        rows, present in full on disk; None otherwise (transforms, compression, a truncated file ...)."""
+        off, size = tuple(chunk.offsets), tuple(chunk.sizes)
+        info = self.storage[key][off]
+        if size[1:] != self.shape(key)[1:] or info.transform_descriptors:
+            return None
+        path = self.path / info.relative_path
+        with open(path, "rb") as f:
+            rec = self._record(f, key, off, info, itemsize)
+            if rec is None or rec.size != size or not rec.row_major():
+                return None
+            end = rec.data_start + math.prod(size) * itemsize
+            if end > min(os.fstat(f.fileno()).st_size, info.offset + info.length):
+                return None  # truncated: the read path names it (a memory map would crash on the missing pages)
+        return path, rec.data_start
+
+    def _map(self, key: str, start: int, stop: int) -> Tensor | None:
+        shape, dtype = self.shape(key), self.dtype(key)
+        row = math.prod(shape[1:])
+        pieces = self.byte_pieces(key, [(start * row, stop * row)]) if stop > start and row else None
+        if not pieces or len(pieces) != 1:
+            return None
+        (path, begin, nbytes), granule = pieces[0], mmap.ALLOCATIONGRANULARITY
+        with open(path, "rb") as f:
+            m = mmap.mmap(f.fileno(), begin % granule + nbytes, access=mmap.ACCESS_COPY, offset=begin - begin % granule)
+        t = torch.frombuffer(m, dtype=dtype, count=nbytes // dtype.itemsize, offset=begin % granule)
+        return t.view(stop - start, *shape[1:])
+
+    def _record(self, f, key: str, off: tuple, info, itemsize: int) -> _Record | None:
+        if (key, off) not in self._records:
+            self._records[key, off] = _parse_record(f, info.offset, info.length, itemsize)
+        return self._records[key, off]
+
     def _read_direct(self, key: str, buf: Tensor, start: int) -> bool:
         """Fill ``buf`` (rows ``start`` onwards of ``key``) from the chunks' bytes; False if a chunk needs DCP."""
         itemsize = buf.element_size()
@@ -208,9 +291,7 @@ class TorchDistFiles:
             if info.transform_descriptors:
                 return False
             with open(self.path / info.relative_path, "rb") as f:
-                if (key, off) not in self._records:
-                    self._records[key, off] = _parse_record(f, info.offset, info.length, itemsize)
-                rec = self._records[key, off]
+                rec = self._record(f, key, off, info, itemsize)
                 if rec is None or rec.size != size or not rec.row_major():
                     return False
                 row = math.prod(size[1:])
