@@ -29,7 +29,7 @@ FULL = Demo(
 )
 FAST = Demo(
     recipes=("recipes/tiny_cpu/base.yaml", "recipes/tiny_cpu/answer_only.yaml", "recipes/tiny_cpu/doc_ids.yaml"),
-    overrides=("root=runs/fast", "eval.suite=eval/suites/tiny_cpu_fast.yaml"),
+    overrides=("root=runs/fast", "train.steps=60", "data.num_train=192", "eval.suite=eval/suites/tiny_cpu_fast.yaml"),
     report="runs/fast/tiny_cpu/report",
 )
 
