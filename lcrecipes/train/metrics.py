@@ -96,6 +96,8 @@ def format_row(row: dict) -> str:
     """One console line: ``step 12/100 | loss 3.2145 | grad 0.812 | ...``."""
     if row["kind"] == "eval":
         return f"eval step {row['step']} | loss {row['loss']:.4f} | tokens {row['target_tokens']}"
+    # no peak known (train.peak_tflops=0, e.g. CPU): the achieved model TFLOP/s instead of a meaningless 0.0%
+    util = f"mfu {100 * row['mfu']:.1f}%" if row["mfu"] > 0 else f"mfu n/a ({row.get('tflops', 0.0):.4f} TFLOP/s)"
     return (f"step {row['step']}/{row['steps']} | loss {row['loss']:.4f} | grad {row['grad_norm']:.3f} | "
-            f"lr {row['lr']:.2e} | tok/s {row['tokens_per_s']:.0f} | mfu {100 * row['mfu']:.1f}% | "
+            f"lr {row['lr']:.2e} | tok/s {row['tokens_per_s']:.0f} | {util} | "
             f"mem {row['peak_mem_gib']:.2f} GiB | {row['step_s']:.2f} s")

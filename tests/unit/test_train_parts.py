@@ -178,3 +178,12 @@ def test_a_missing_or_truncated_shard_file_is_named_on_open(tmp_path: Path) -> N
             ShardDataset(tmp_path / "train")
         (shard / name).write_bytes(data)
     assert len(ShardDataset(tmp_path / "train", verify=True)) == 5
+
+
+def test_console_line_without_a_known_peak_shows_achieved_tflops() -> None:
+    from lcrecipes.train.metrics import format_row
+
+    row = {"kind": "train", "step": 1, "steps": 3, "loss": 2.5, "grad_norm": 1.0, "lr": 1e-3, "tokens_per_s": 10.0,
+           "mfu": 0.0, "tflops": 0.0123, "peak_mem_gib": 1.5, "step_s": 0.1}
+    assert "| mfu n/a (0.0123 TFLOP/s) |" in format_row(row)
+    assert "| mfu 25.0% |" in format_row({**row, "mfu": 0.25})
