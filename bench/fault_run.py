@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -97,12 +96,13 @@ class Job:
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, env=child_env(self.env), stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True
         )
-        self.seen: set[int] = set()
+        self.seen: dict[int, psutil.Process] = {}
 
     def alive(self) -> bool:
         """Poll; remember the current descendants."""
         try:
-            self.seen |= {p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)}
+            for p in psutil.Process(self.proc.pid).children(recursive=True):
+                self.seen.setdefault(p.pid, p)
         except psutil.NoSuchProcess:
             pass
         return self.proc.poll() is None
@@ -110,12 +110,17 @@ class Job:
     def kill(self) -> None:
         """SIGKILL torchrun and every worker at once (a lost node)."""
         self.alive()
-        for pid in [*self.seen, self.proc.pid]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self.proc.kill()
+        self._kill_seen()
         self.finish(30)
+
+    def _kill_seen(self) -> None:
+        """SIGKILL every descendant seen; psutil checks each one's create time, so a reused pid is never hit."""
+        for p in self.seen.values():
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
 
     def finish(self, timeout: float) -> int | None:
         """Wait for torchrun to exit (kill the tree after ``timeout`` s), reap leftovers; its exit code."""
@@ -124,11 +129,7 @@ class Job:
         except subprocess.TimeoutExpired:
             code = None
             self.kill()
-        for pid in self.seen:  # a worker that outlived torchrun (it runs in its own session)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self._kill_seen()  # a worker that outlived torchrun (it runs in its own session)
         self._out.close()
         return code
 

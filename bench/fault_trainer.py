@@ -44,16 +44,25 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+# The torchrun agent that started this worker, fixed at start-up. Looking the parent up at kill time is unsafe: once
+# the agent is gone (another rank already killed the job) the worker is re-parented to init or a subreaper (a CI
+# runner), and killing "the parent's children" would kill everything on the machine.
+_AGENT_PID = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
+
+
 def kill_job(victim: str) -> None:
     """SIGKILL this rank, and with ``victim == "all"`` first its torchrun agent and the agent's other workers."""
-    if victim == "all" and "TORCHELASTIC_RUN_ID" in os.environ:  # our parent is torchrun's agent
+    if victim == "all" and _AGENT_PID is not None and os.getppid() == _AGENT_PID:
         import psutil
 
-        agent = psutil.Process(os.getppid())
-        others = [p for p in agent.children(recursive=True) if p.pid != os.getpid()]
-        for p in [*others, agent]:
+        try:
+            agent = psutil.Process(_AGENT_PID)
+            others = [p for p in agent.children(recursive=True) if p.pid != os.getpid()]
+        except psutil.NoSuchProcess:  # the agent died meanwhile: only this rank is left to kill
+            others, agent = [], None
+        for p in [*others, *([agent] if agent else [])]:
             try:
-                p.send_signal(signal.SIGKILL)
+                p.send_signal(signal.SIGKILL)  # psutil checks the create time: a reused pid is not signalled
             except psutil.NoSuchProcess:
                 pass
     os.kill(os.getpid(), signal.SIGKILL)
