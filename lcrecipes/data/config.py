@@ -54,6 +54,14 @@ class SyntheticConfig:
     # the in-context lookup-and-copy that real base models bring from pretraining (seeing a fact's start again,
     # copy how it went on), which a tiny model otherwise does not learn in a few hundred steps.
     lm_doc_recall: int = 0
+    # kind=lm: one-hop questions about the document's passages asked and answered at its end ("Questions:" then
+    # "Q: ...", "A: ..." lines). With fresh_facts their answers can only be read from the document: the reading
+    # skill a real base model brings from pretraining, which a tiny one needs taught densely to learn on a CPU.
+    lm_doc_questions: int = 0
+    # Draw every attribute afresh for each question and each plain document (same names, new cities, years,
+    # mentors, figures; see World.variant), so that nothing can be answered from memorised facts: the model must
+    # read its context. False: one fixed world, whose facts a model can memorise from the training data.
+    fresh_facts: bool = False
     # Seed of the world itself (entities, attributes); the question sampler uses DataConfig.seed.
     world_seed: int = 1234
 
@@ -165,6 +173,7 @@ class DataConfig:
             ("synthetic.years", 1),
             ("synthetic.lm_doc_passages", 1),
             ("synthetic.lm_doc_recall", 0),
+            ("synthetic.lm_doc_questions", 0),
             ("tokenizer_vocab_size", 300),
         ):
             if self._get(key) < lo:

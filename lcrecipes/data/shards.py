@@ -136,8 +136,10 @@ class _Shard:
                 raise ShardError(f"{path}: missing; rerun `lcr prepare`")
             want = self._items(name) * np.dtype(dtype).itemsize
             if path.stat().st_size != want:
-                raise ShardError(f"{path}: {path.stat().st_size} bytes, expected {want} ({self.n_seq} sequences "
-                                 f"of {self.seq_len} tokens); the file is truncated or damaged, rerun `lcr prepare`")
+                raise ShardError(
+                    f"{path}: {path.stat().st_size} bytes, expected {want} ({self.n_seq} sequences "
+                    f"of {self.seq_len} tokens); the file is truncated or damaged, rerun `lcr prepare`"
+                )
 
     def arrays(self) -> dict[str, np.ndarray]:
         if self._mm is None:

@@ -151,9 +151,10 @@ def test_synthetic_deterministic_and_eval_held_out():
     }
 
 
-def test_synthetic_records_are_consistent():
-    gen = SyntheticGenerator(SyntheticConfig(domain="mixed"), 0)
-    for r in gen.records("train", 70):
+@pytest.mark.parametrize("fresh", [False, True])
+def test_synthetic_records_are_consistent(fresh):
+    gen = SyntheticGenerator(SyntheticConfig(domain="mixed", questions=sorted(QUESTION_TYPES), fresh_facts=fresh), 0)
+    for r in gen.records("train", 10 * len(QUESTION_TYPES)):
         assert QUESTION_TYPES[r.qid.split(":")[0]].domain == r.domain
         gold_pids = {p.pid for p in r.gold}
         assert set(r.supporting) == gold_pids
@@ -182,3 +183,43 @@ def test_lm_document_notes_restate_sentences_of_its_own_passages():
     assert len(lines) == 5 and len(set(lines)) == 5
     for line in lines:  # verbatim (the copy target), from this document only
         assert line.endswith(".") and line[:-1] in body
+
+
+def test_fresh_facts_redraw_answers_per_question_and_keep_the_split():
+    """With fresh_facts the same question instance gets new answers (nothing to memorise), deterministically,
+    and its passages agree with each other; the train/eval partition of instances is unchanged."""
+    types = ["birthplace", "profession", "birth_year", "mentor_birthplace", "revenue", "compare_revenue"]
+    fixed = SyntheticGenerator(SyntheticConfig(domain="mixed", questions=types), 3)
+    fresh_cfg = SyntheticConfig(domain="mixed", questions=types, fresh_facts=True)
+    fresh = SyntheticGenerator(fresh_cfg, 3)
+    a = list(fresh.records("train", 600))
+    assert [r.qid for r in a] == [r.qid for r in fixed.records("train", 600)]  # same instances, same order
+    assert [r.answers for r in a] == [r.answers for r in SyntheticGenerator(fresh_cfg, 3).records("train", 600)]
+    by_key: dict[str, set] = {}
+    for r in a:
+        by_key.setdefault(r.qid.split("#")[0], set()).add(r.answers[0])
+    repeated = [answers for answers in by_key.values() if len(answers) > 1]
+    assert len(repeated) > 0.5 * len([k for k in by_key if sum(r.qid.split("#")[0] == k for r in a) > 1])
+    answers_fixed = {r.qid.split("#")[0]: r.answers[0] for r in fixed.records("train", 600)}
+    differ = sum(r.answers[0] != answers_fixed[r.qid.split("#")[0]] for r in a)
+    assert differ > 0.6 * len(a), differ  # the fixed world's answers are no guide
+
+
+def test_lm_document_questions_are_answered_by_its_own_passages():
+    import random
+
+    from lcrecipes.data.synthetic.world import World
+
+    w = World(40, 8, 2, 7).variant(11)
+    doc = w.lm_document(random.Random(3), 4, n_questions=6)
+    body, qa = doc.split("\n\nQuestions:\n")
+    assert body == w.lm_document(random.Random(3), 4)
+    lines = qa.split("\n")
+    assert len(lines) == 12 and all(q.startswith("Q: ") for q in lines[::2])
+    assert all(a.startswith("A: ") for a in lines[1::2])
+    chosen = [p for p in w.passages() if f"{p.title}\n{p.text}" in body]
+    assert len(chosen) == 4
+    asked = {(q, a) for p in chosen for q, a in w.fact_questions(p.pid) if a.split(" million")[0] in p.text}
+    assert asked == {(q, a) for p in chosen for q, a in w.fact_questions(p.pid)}  # every answer is in its passage
+    for q, a in zip(lines[::2], lines[1::2]):
+        assert (q[3:], a[3:]) in asked, (q, a)

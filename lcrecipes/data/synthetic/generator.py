@@ -18,6 +18,8 @@ from lcrecipes.data.record import QARecord
 from lcrecipes.data.synthetic.questions import QUESTION_TYPES
 from lcrecipes.data.synthetic.world import World
 
+# Question types whose instances depend on attribute values (checked again in a fresh-facts variant).
+_CONDITIONAL = ("compare_revenue",)
 DOMAINS = {"in_domain": ("in_domain",), "out_of_domain": ("out_of_domain",), "mixed": ("in_domain", "out_of_domain")}
 
 
@@ -55,16 +57,30 @@ class SyntheticGenerator:
             j = i // len(pools)
             key, repeat = keys[j % len(keys)], j // len(keys)
             rng = random.Random(stable_seed(self.seed, split, name, key, repeat))
-            rec = QUESTION_TYPES[name].build(self.world, key, rng)
+            rec = QUESTION_TYPES[name].build(self._world_for(name, key, rng), key, rng)
             if repeat:
                 rec.qid = f"{rec.qid}#{repeat}"
             yield rec
+
+    def _world_for(self, name: str, key, rng: random.Random) -> World:
+        """The world a question is asked of: the fixed one, or (``fresh_facts``) a variant drawn for this question
+        in which its instance still exists (a revenue comparison needs two different revenues)."""
+        if not self.cfg.fresh_facts:
+            return self.world
+        while True:
+            world = self.world.variant(rng.getrandbits(63))
+            if name not in _CONDITIONAL or key in QUESTION_TYPES[name].keys(world):
+                return world
 
     def lm_documents(self, split: str, n: int) -> Iterator[tuple[str, str]]:
         """``n`` plain documents of ``lm_doc_passages`` passages each, as ``(doc_id, text)``."""
         for i in range(n):
             rng = random.Random(stable_seed(self.seed, "lm", split, i))
-            yield f"lm:{split}:{i}", self.world.lm_document(rng, self.cfg.lm_doc_passages, self.cfg.lm_doc_recall)
+            world = self.world.variant(rng.getrandbits(63)) if self.cfg.fresh_facts else self.world
+            yield (
+                f"lm:{split}:{i}",
+                world.lm_document(rng, self.cfg.lm_doc_passages, self.cfg.lm_doc_recall, self.cfg.lm_doc_questions),
+            )
 
     def tokenizer_texts(self) -> Iterator[str]:
         """Text the tokenizer is trained on: every passage, plus questions and answers of every type."""

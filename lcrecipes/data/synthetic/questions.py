@@ -45,10 +45,9 @@ def _filings(w: World) -> list:
 
 
 def _person_negatives(w: World, rng: random.Random, exclude: set[str]) -> list:
-    """Biographies of people sharing a mentor or a birthplace with the excluded ones first, then random."""
-    close = sorted(
-        {n for r in sorted(exclude) for n in w.by_mentor[w.people[r].mentor] + w.by_city[w.people[r].city]} - exclude
-    )
+    """Biographies of people sharing a mentor with the excluded ones first, then random. (Not people sharing a
+    birthplace: those would repeat the answer city of a birthplace question and let it be guessed by frequency.)"""
+    close = sorted({n for r in sorted(exclude) for n in w.by_mentor[w.people[r].mentor]} - exclude)
     rng.shuffle(close)
     chosen = close[:N_DISTRACTORS]
     while len(chosen) < min(N_DISTRACTORS, len(w.people) - len(exclude)):
@@ -88,6 +87,32 @@ def birthplace(w: World, name: str, rng: random.Random) -> QARecord:
         f"birthplace:{name}",
         f"Where was {name} born?",
         p.city,
+        [w.person_passage(name)],
+        [[p.facts["birth"]]],
+        _person_negatives(w, rng, {name}),
+    )
+
+
+@question("profession", "in_domain", _people)
+def profession(w: World, name: str, rng: random.Random) -> QARecord:
+    p = w.people[name]
+    return _record(
+        f"profession:{name}",
+        f"What was the profession of {name}?",
+        p.profession,
+        [w.person_passage(name)],
+        [[p.facts["job"]]],
+        _person_negatives(w, rng, {name}),
+    )
+
+
+@question("birth_year", "in_domain", _people)
+def birth_year(w: World, name: str, rng: random.Random) -> QARecord:
+    p = w.people[name]
+    return _record(
+        f"birth_year:{name}",
+        f"In which year was {name} born?",
+        str(p.year),
         [w.person_passage(name)],
         [[p.facts["birth"]]],
         _person_negatives(w, rng, {name}),

@@ -94,6 +94,31 @@ class World:
         names = [f"{a} {b}" for a in FIRST for b in LAST]
         self.people = {n: self._person(n, rng) for n in rng.sample(names, entities)}
         self.names = list(self.people)
+        self._assign_mentors(rng)
+        firms = [f"{a} {b} {c}" for a in FIRM_A for b in FIRM_B for c in FIRM_C]
+        self.filings = {
+            (c, FIRST_YEAR + y): self._filing(c, FIRST_YEAR + y, rng)
+            for c in rng.sample(firms, companies)
+            for y in range(years)
+        }
+        self.companies = sorted({c for c, _ in self.filings})
+        self.years = sorted({y for _, y in self.filings})
+
+    def variant(self, seed: int) -> World:
+        """The same people, companies and years with every attribute (city, year, profession, mentor, country,
+        figures, ...) drawn afresh from ``seed``: a question asked of a variant can only be answered from its
+        context, never from facts memorised off other examples."""
+        rng = random.Random(seed)
+        w = World.__new__(World)
+        w.cities = {c: self._city(c, rng) for c in CITIES}
+        w.people = {n: self._person(n, rng) for n in self.names}
+        w.names = list(self.names)
+        w._assign_mentors(rng)
+        w.filings = {(c, y): self._filing(c, y, rng) for c, y in self.filings}
+        w.companies, w.years = self.companies, self.years
+        return w
+
+    def _assign_mentors(self, rng: random.Random) -> None:
         for p in self.people.values():
             p.mentor = p.name
             while p.mentor == p.name:
@@ -104,14 +129,6 @@ class World:
         for p in self.people.values():
             self.by_mentor.setdefault(p.mentor, []).append(p.name)
             self.by_city.setdefault(p.city, []).append(p.name)
-        firms = [f"{a} {b} {c}" for a in FIRM_A for b in FIRM_B for c in FIRM_C]
-        self.filings = {
-            (c, FIRST_YEAR + y): self._filing(c, FIRST_YEAR + y, rng)
-            for c in rng.sample(firms, companies)
-            for y in range(years)
-        }
-        self.companies = sorted({c for c, _ in self.filings})
-        self.years = sorted({y for _, y in self.filings})
 
     @staticmethod
     def _city(name: str, rng: random.Random) -> City:
@@ -162,14 +179,39 @@ class World:
             + [self.filing_passage(k) for k in sorted(self.filings)]
         )
 
-    def lm_document(self, rng: random.Random, n_passages: int, n_recall: int = 0) -> str:
+    def lm_document(self, rng: random.Random, n_passages: int, n_recall: int = 0, n_questions: int = 0) -> str:
         """A plain long document: ``n_passages`` random passages under their titles (for LM pretraining), then
-        ``n_recall`` of their fact sentences restated verbatim under ``Notes:`` (none when 0)."""
+        ``n_recall`` of their fact sentences restated verbatim under ``Notes:`` and ``n_questions`` questions about
+        them answered under ``Questions:`` (none when 0)."""
         pool = self.passages()
         chosen = rng.sample(pool, min(n_passages, len(pool)))
         doc = "\n\n".join(f"{p.title}\n{p.text}" for p in chosen)
-        if n_recall <= 0:
-            return doc
-        sentences = [s for p in chosen for s in p.text.split(". ") if s]
-        notes = [s if s.endswith(".") else s + "." for s in rng.sample(sentences, min(n_recall, len(sentences)))]
-        return doc + "\n\nNotes:\n" + "\n".join(notes)
+        if n_recall > 0:
+            sentences = [s for p in chosen for s in p.text.split(". ") if s]
+            notes = [s if s.endswith(".") else s + "." for s in rng.sample(sentences, min(n_recall, len(sentences)))]
+            doc += "\n\nNotes:\n" + "\n".join(notes)
+        if n_questions > 0:
+            qa = [q for p in chosen for q in self.fact_questions(p.pid)]
+            asked = rng.sample(qa, min(n_questions, len(qa)))
+            doc += "\n\nQuestions:\n" + "\n".join(f"Q: {q}\nA: {a}" for q, a in asked)
+        return doc
+
+    def fact_questions(self, pid: str) -> list[tuple[str, str]]:
+        """One-hop questions a passage answers, with their answers, as ``(question, answer)``."""
+        kind, _, key = pid.partition(":")
+        if kind == "person":
+            p = self.people[key]
+            return [
+                (f"Where was {key} born?", p.city),
+                (f"In which year was {key} born?", str(p.year)),
+                (f"What was the profession of {key}?", p.profession),
+                (f"Who was the mentor of {key}?", p.mentor),
+            ]
+        if kind == "city":
+            return [(f"In which country is {key}?", self.cities[key].country)]
+        company, _, year = key.rpartition(":")
+        f = self.filings[(company, int(year))]
+        return [
+            (f"What was the revenue of {company} in fiscal year {year}?", f"{f.revenue} million dollars"),
+            (f"What was the net income of {company} in fiscal year {year}?", f"{f.net_income} million dollars"),
+        ]
