@@ -130,6 +130,7 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=None, help="tokens per step (default: data.seq_len)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--save", default=None, help="save the model (HF format) here after each evaluation")
+    p.add_argument("--init", default=None, help="start from this HF model directory (e.g. an earlier --save)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     overrides = [*args.overrides, f"train.steps={args.steps}"]
@@ -146,8 +147,11 @@ def main() -> int:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(cfg.train.seed)  # the recipe's init, with plain sdpa attention (one process, no CP)
-    hf_cfg = hf_config_from_spec(cfg.model.to_spec(), use_cache=False, **special_token_ids(cfg))
-    model = AutoModelForCausalLM.from_config(hf_cfg, attn_implementation="sdpa", dtype=torch.float32)
+    if args.init:
+        model = AutoModelForCausalLM.from_pretrained(args.init, attn_implementation="sdpa", dtype=torch.float32)
+    else:
+        hf_cfg = hf_config_from_spec(cfg.model.to_spec(), use_cache=False, **special_token_ids(cfg))
+        model = AutoModelForCausalLM.from_config(hf_cfg, attn_implementation="sdpa", dtype=torch.float32)
     targets = Targets(tok)
     print(f"{sum(t.numel() for t in model.parameters()):,} parameters; {len(train)} train / {len(held_out)} eval "
           f"documents from {cfg.data.out_dir}", flush=True)  # fmt: skip
