@@ -62,6 +62,9 @@ class SyntheticConfig:
     # mentors, figures; see World.variant), so that nothing can be answered from memorised facts: the model must
     # read its context. False: one fixed world, whose facts a model can memorise from the training data.
     fresh_facts: bool = False
+    # End every biography with a sentence that repeats the person's city and profession ("Late in life X returned
+    # to C and still worked there as a P."), so that plain text shows those words being copied, as it does names.
+    repeat_attributes: bool = False
     # Seed of the world itself (entities, attributes); the question sampler uses DataConfig.seed.
     world_seed: int = 1234
 

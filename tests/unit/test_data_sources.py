@@ -223,3 +223,17 @@ def test_lm_document_questions_are_answered_by_its_own_passages():
     assert asked == {(q, a) for p in chosen for q, a in w.fact_questions(p.pid)}  # every answer is in its passage
     for q, a in zip(lines[::2], lines[1::2]):
         assert (q[3:], a[3:]) in asked, (q, a)
+
+
+def test_repeat_attributes_says_city_and_profession_twice_and_changes_nothing_else():
+    from lcrecipes.data.synthetic.world import World
+
+    plain, repeated = World(40, 8, 2, 7), World(40, 8, 2, 7, repeat_attributes=True)
+    for name in plain.names:
+        a, b = plain.person_passage(name).text, repeated.variant(5).person_passage(name).text
+        assert repeated.person_passage(name).text.startswith(a + " Late in life ")
+        p = repeated.variant(5).people[name]
+        assert b.count(f" {p.city}") == 2 and b.count(f" {p.profession}") == 2, b
+    assert [p.text for p in plain.passages() if not p.pid.startswith("person:")] == [
+        p.text for p in repeated.passages() if not p.pid.startswith("person:")
+    ]

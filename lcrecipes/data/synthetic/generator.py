@@ -26,7 +26,7 @@ DOMAINS = {"in_domain": ("in_domain",), "out_of_domain": ("out_of_domain",), "mi
 class SyntheticGenerator:
     def __init__(self, cfg: SyntheticConfig, seed: int):
         self.cfg, self.seed = cfg, seed
-        self.world = World(cfg.entities, cfg.companies, cfg.years, cfg.world_seed)
+        self.world = World(cfg.entities, cfg.companies, cfg.years, cfg.world_seed, cfg.repeat_attributes)
 
     def _pools(self, split: str, domain: str) -> list[tuple[str, list]]:
         """Per question type of ``domain``: its ``split`` instances in a seeded order."""

@@ -42,6 +42,7 @@ JOB = ("{n} worked as {a} {p}.", "By profession {n} was {a} {p}.")
 MENTOR = ("The mentor of {n} was {m}.", "{n} studied under {m}, who was a mentor to {n}.")
 HOBBY = ("In free time {n} enjoyed {h}.", "{n} was fond of {h}.")
 PET = ("{n} kept a {a} named {x}.", "A {a} called {x} lived with {n} for many years.")
+RETURN = "Late in life {n} returned to {c} and still worked there as {a} {p}."
 BOOKS = ("{n} wrote {k} books and many letters.", "Over a long life {n} published {k} books.")
 ANIMALS = "cat dog parrot horse goat rabbit".split()
 CITY_IN = "{c} is a city in {k}."
@@ -88,7 +89,8 @@ class Filing:
 class World:
     """People (with mentors), cities (with countries) and company filings; ``passage(key)`` for each."""
 
-    def __init__(self, entities: int, companies: int, years: int, seed: int):
+    def __init__(self, entities: int, companies: int, years: int, seed: int, repeat_attributes: bool = False):
+        self.repeat_attributes = repeat_attributes
         rng = random.Random(seed)
         self.cities = {c: self._city(c, rng) for c in CITIES}
         names = [f"{a} {b}" for a in FIRST for b in LAST]
@@ -110,6 +112,7 @@ class World:
         context, never from facts memorised off other examples."""
         rng = random.Random(seed)
         w = World.__new__(World)
+        w.repeat_attributes = self.repeat_attributes
         w.cities = {c: self._city(c, rng) for c in CITIES}
         w.people = {n: self._person(n, rng) for n in self.names}
         w.names = list(self.names)
@@ -160,7 +163,11 @@ class World:
     # ---- passages ------------------------------------------------------------------------------------------
     def person_passage(self, name: str) -> Passage:
         f = self.people[name].facts
-        return Passage(f"person:{name}", name, " ".join(f[k] for k in PERSON_ORDER))
+        text = " ".join(f[k] for k in PERSON_ORDER)
+        if self.repeat_attributes:  # the city and profession said twice: the text itself shows copying them
+            p = self.people[name]
+            text += " " + RETURN.format(n=name, c=p.city, a=article(p.profession), p=p.profession)
+        return Passage(f"person:{name}", name, text)
 
     def city_passage(self, name: str) -> Passage:
         f = self.cities[name].facts
