@@ -237,3 +237,15 @@ def test_repeat_attributes_says_city_and_profession_twice_and_changes_nothing_el
     assert [p.text for p in plain.passages() if not p.pid.startswith("person:")] == [
         p.text for p in repeated.passages() if not p.pid.startswith("person:")
     ]
+
+
+def test_synthetic_corpus_cache_tells_repeated_attributes_apart(tmp_path):
+    from lcrecipes.data.sources.synthetic import Synthetic
+
+    texts = []
+    for repeat in (False, True, False):
+        cfg = DataConfig(synthetic=SyntheticConfig(repeat_attributes=repeat))
+        store = Synthetic(cfg, tmp_path / "cache").corpus(BadRecords("error"))
+        texts.append([store[i].text for i in range(len(store))])
+    assert texts[0] == texts[2] and texts[0] != texts[1]
+    assert sum("Late in life" in t for t in texts[1]) == 120 and not any("Late in life" in t for t in texts[0])

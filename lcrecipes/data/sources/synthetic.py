@@ -27,7 +27,7 @@ class Synthetic(Source):
 
     def corpus(self, bad: BadRecords) -> PassageStore:
         s = self.cfg.synthetic
-        fp = sha256_json({"world": [s.entities, s.companies, s.years, s.world_seed]})
+        fp = sha256_json({"world": [s.entities, s.companies, s.years, s.world_seed, s.repeat_attributes]})
         return write_store(self.cache_dir / f"synthetic-{fp[:16]}", self.gen.world.passages(), fp)
 
     def lm_documents(self, split: str, bad: BadRecords) -> Iterator[tuple[str, str]]:
