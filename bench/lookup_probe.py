@@ -69,7 +69,7 @@ class Targets:
     def __call__(self, x: list[int]) -> list[tuple[int, str]]:
         out, in_notes = [], False
         for p in range(1, len(x) - 2):
-            if x[p - 1 : p + 2] == self.notes[-3:]:
+            if x[p - 1 : p + 2] == self.notes:
                 in_notes = True
             if x[p - 1] == self.nl and x[p] == self.a and x[p + 1] == self.colon:
                 in_notes = False

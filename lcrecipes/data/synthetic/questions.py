@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lcrecipes.data.record import QARecord
-from lcrecipes.data.synthetic.world import World, article
+from lcrecipes.data.synthetic.world import FILING_QUESTIONS, PERSON_QUESTIONS, World, article
 
 N_DISTRACTORS = 6
 LETTERS = "ABCD"
@@ -80,43 +80,26 @@ def _record(
     )
 
 
-@question("birthplace", "in_domain", _people)
-def birthplace(w: World, name: str, rng: random.Random) -> QARecord:
-    p = w.people[name]
-    return _record(
-        f"birthplace:{name}",
-        f"Where was {name} born?",
-        p.city,
-        [w.person_passage(name)],
-        [[p.facts["birth"]]],
-        _person_negatives(w, rng, {name}),
-    )
+def _one_hop(kind: str, fact: str) -> Callable[[World, str, random.Random], QARecord]:
+    """A question type asking ``PERSON_QUESTIONS[kind]`` of one person, supported by its ``fact`` sentence."""
+    template, answer = PERSON_QUESTIONS[kind]
+
+    def build(w: World, name: str, rng: random.Random) -> QARecord:
+        p = w.people[name]
+        return _record(
+            f"{kind}:{name}",
+            template.format(n=name),
+            answer(p),
+            [w.person_passage(name)],
+            [[p.facts[fact]]],
+            _person_negatives(w, rng, {name}),
+        )
+
+    return build
 
 
-@question("profession", "in_domain", _people)
-def profession(w: World, name: str, rng: random.Random) -> QARecord:
-    p = w.people[name]
-    return _record(
-        f"profession:{name}",
-        f"What was the profession of {name}?",
-        p.profession,
-        [w.person_passage(name)],
-        [[p.facts["job"]]],
-        _person_negatives(w, rng, {name}),
-    )
-
-
-@question("birth_year", "in_domain", _people)
-def birth_year(w: World, name: str, rng: random.Random) -> QARecord:
-    p = w.people[name]
-    return _record(
-        f"birth_year:{name}",
-        f"In which year was {name} born?",
-        str(p.year),
-        [w.person_passage(name)],
-        [[p.facts["birth"]]],
-        _person_negatives(w, rng, {name}),
-    )
+for _kind, _fact in (("birthplace", "birth"), ("profession", "job"), ("birth_year", "birth")):
+    question(_kind, "in_domain", _people)(_one_hop(_kind, _fact))
 
 
 @question("mentor_birthplace", "in_domain", _people)
@@ -185,8 +168,8 @@ def revenue(w: World, key: tuple[str, int], rng: random.Random) -> QARecord:
     f = w.filings[key]
     return _record(
         f"revenue:{f.company}:{f.year}",
-        f"What was the revenue of {f.company} in fiscal year {f.year}?",
-        f"{f.revenue} million dollars",
+        FILING_QUESTIONS["revenue"][0].format(c=f.company, y=f.year),
+        FILING_QUESTIONS["revenue"][1](f),
         [w.filing_passage(key)],
         [[f.facts["revenue"]]],
         _filing_negatives(w, key, rng, {key}),
@@ -209,7 +192,7 @@ def net_income_mc(w: World, key: tuple[str, int], rng: random.Random) -> QARecor
     rng.shuffle(options)
     rec = _record(
         f"net_income_mc:{f.company}:{f.year}",
-        f"What was the net income of {f.company} in fiscal year {f.year}?",
+        FILING_QUESTIONS["net_income"][0].format(c=f.company, y=f.year),
         LETTERS[options.index(f.net_income)],
         [w.filing_passage(key)],
         [[f.facts["net_income"]]],

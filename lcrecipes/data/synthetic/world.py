@@ -51,6 +51,19 @@ REVENUE = "Revenue for fiscal year {y} was {v} million dollars."
 INCOME = "Net income for fiscal year {y} was {v} million dollars."
 STAFF = "At the end of the year the company had {e} employees."
 
+# One-hop questions about one passage: kind -> (question template, its answer from the entity). The question types
+# (questions.py) and the questions closing LM documents (``lm_doc_questions``) both ask them.
+PERSON_QUESTIONS = {
+    "birthplace": ("Where was {n} born?", lambda p: p.city),
+    "birth_year": ("In which year was {n} born?", lambda p: str(p.year)),
+    "profession": ("What was the profession of {n}?", lambda p: p.profession),
+    "mentor": ("Who was the mentor of {n}?", lambda p: p.mentor),
+}
+FILING_QUESTIONS = {
+    "revenue": ("What was the revenue of {c} in fiscal year {y}?", lambda f: f"{f.revenue} million dollars"),
+    "net_income": ("What was the net income of {c} in fiscal year {y}?", lambda f: f"{f.net_income} million dollars"),
+}
+
 
 def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
@@ -207,18 +220,9 @@ class World:
         """One-hop questions a passage answers, with their answers, as ``(question, answer)``."""
         kind, _, key = pid.partition(":")
         if kind == "person":
-            p = self.people[key]
-            return [
-                (f"Where was {key} born?", p.city),
-                (f"In which year was {key} born?", str(p.year)),
-                (f"What was the profession of {key}?", p.profession),
-                (f"Who was the mentor of {key}?", p.mentor),
-            ]
+            return [(q.format(n=key), answer(self.people[key])) for q, answer in PERSON_QUESTIONS.values()]
         if kind == "city":
             return [(f"In which country is {key}?", self.cities[key].country)]
         company, _, year = key.rpartition(":")
         f = self.filings[(company, int(year))]
-        return [
-            (f"What was the revenue of {company} in fiscal year {year}?", f"{f.revenue} million dollars"),
-            (f"What was the net income of {company} in fiscal year {year}?", f"{f.net_income} million dollars"),
-        ]
+        return [(q.format(c=company, y=year), answer(f)) for q, answer in FILING_QUESTIONS.values()]
