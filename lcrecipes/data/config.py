@@ -197,7 +197,7 @@ class DataConfig:
             from lcrecipes.data.synthetic.questions import QUESTION_TYPES
 
             for q in self.synthetic.questions:
-                if q not in QUESTION_TYPES:
+                if not isinstance(q, str) or q not in QUESTION_TYPES:  # a nested list is not a type name
                     p.append(
                         (
                             "synthetic.questions",
