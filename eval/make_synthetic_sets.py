@@ -31,8 +31,10 @@ def main() -> int:
     p.add_argument("--suite", required=True)
     p.add_argument("--num", type=int, default=None)
     p.add_argument("--tokenizer", default=None, help="default: the recipe's data.tokenizer")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe overrides, as for lcr run (e.g. data.synthetic.questions=[birthplace])")
     args = p.parse_args()
-    data, suite = load_recipe(args.recipe).cfg.data, load_suite(args.suite)
+    data, suite = load_recipe(args.recipe, args.overrides).cfg.data, load_suite(args.suite)
     for spec in suite.tasks:
         if spec.name not in TASK_DOMAINS:
             continue

@@ -103,7 +103,7 @@ def _tokenizer(recipe: Recipe) -> str:
 def _eval_data_cmd(recipe: Recipe, overrides: list[str]) -> list[list[str]]:
     script = Path(__file__).resolve().parents[1] / "eval" / "make_synthetic_sets.py"
     return [[sys.executable, str(script), str(recipe.path), "--suite", str(recipe.cfg.eval.suite),
-             "--tokenizer", _tokenizer(recipe)]]
+             "--tokenizer", _tokenizer(recipe), *(f"--set={o}" for o in overrides)]]
 
 
 def _eval_cmd(recipe: Recipe, overrides: list[str]) -> list[list[str]]:
