@@ -8,7 +8,9 @@ count), and is skipped when its output exists and is valid for the recipe:
 - eval data: the suite's synthetic files exist;
 - eval: the runner skips rows already written;
 - report: always rewritten (it only reads rows).
-So an interrupted study resumes where it stopped.
+So an interrupted study resumes where it stopped. A recipe with ``train.steps: 0`` (a base model evaluated as it
+is, like the study's untuned Qwen) has no prepare, train or convert stage: its eval reads ``model.hf_path``, whose
+directory also holds the tokenizer.
 """
 
 from __future__ import annotations
@@ -58,8 +60,12 @@ def latest_step(recipe: Recipe) -> tuple[int, Path | None]:
     return (int(read_state(latest)["step"]), latest) if latest else (0, None)
 
 
+def _untrained(recipe: Recipe) -> bool:
+    return recipe.cfg.train.steps == 0
+
+
 def _trained(recipe: Recipe) -> bool:
-    return latest_step(recipe)[0] >= recipe.cfg.train.steps
+    return _untrained(recipe) or latest_step(recipe)[0] >= recipe.cfg.train.steps
 
 
 def _train_cmd(recipe: Recipe, overrides: list[str]) -> list[list[str]]:
@@ -73,6 +79,8 @@ def _train_cmd(recipe: Recipe, overrides: list[str]) -> list[list[str]]:
 
 
 def _exported(recipe: Recipe) -> bool:
+    if _untrained(recipe):
+        return True
     marker = Path(recipe.cfg.run_dir) / "hf" / SOURCE_MARKER
     if not marker.is_file():
         return False
@@ -97,6 +105,9 @@ def _eval_data_ready(recipe: Recipe) -> bool:
 def _tokenizer(recipe: Recipe) -> str:
     from lcrecipes.data.prepare import manifest_tokenizer
 
+    if _untrained(recipe):
+        return str(recipe.cfg.model.hf_path)
+
     return manifest_tokenizer(Path(recipe.cfg.data.out_dir) / "train")
 
 
@@ -108,14 +119,14 @@ def _eval_data_cmd(recipe: Recipe, overrides: list[str]) -> list[list[str]]:
 
 def _eval_cmd(recipe: Recipe, overrides: list[str]) -> list[list[str]]:
     cfg = recipe.cfg
-    model = cfg.eval.hf_dir or str(Path(cfg.run_dir) / "hf")
+    model = cfg.eval.hf_dir or (cfg.model.hf_path if _untrained(recipe) else str(Path(cfg.run_dir) / "hf"))
     return [_lcr("eval", model, "--suite", str(cfg.eval.suite), "--strategy", cfg.eval.strategy or cfg.strategy.name,
                  "--out", str(eval_dir(recipe)), "--label", cfg.name.replace("/", "-"),
                  *(["--threads", str(cfg.eval.threads)] if cfg.eval.threads else []))]
 
 
 STAGES: list[Stage] = [
-    Stage("prepare", lambda r: False, lambda r, o: [_lcr("prepare", str(r.path), *o)]),
+    Stage("prepare", _untrained, lambda r, o: [_lcr("prepare", str(r.path), *o)]),
     Stage("train", _trained, _train_cmd),
     Stage("convert", _exported, _convert_cmd),
     Stage("eval data", _eval_data_ready, _eval_data_cmd),

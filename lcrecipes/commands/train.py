@@ -28,6 +28,10 @@ def main(args: argparse.Namespace) -> int:
     from lcrecipes.train.data import MissingDataError
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if recipe.cfg.train.steps == 0:
+        print(f"lcr train: {recipe.path}: train.steps is 0 (the recipe evaluates model.hf_path as it is); "
+              "nothing to train", file=sys.stderr)
+        return 2
     try:
         return train(recipe)
     except (MissingDataError, DistEnvError, CheckpointError, ShardError) as e:

@@ -138,7 +138,7 @@ class OptimConfig:
 class TrainConfig:
     """The loop: schedule, batch, precision, logging. Batch sizes count packed sequences of data.seq_len tokens."""
 
-    steps: int = 100  # optimizer steps
+    steps: int = 100  # optimizer steps; 0: no training, the recipe evaluates model.hf_path as it is (a base model)
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 10  # linear warmup; longer than steps just means the run ends inside warmup
@@ -158,7 +158,9 @@ class TrainConfig:
     def problems(self) -> Problems:
         out = _one_of("train.schedule", self.schedule, ("cosine", "constant", "linear"))
         out += _one_of("train.dtype", self.dtype, ("fp32", "bf16"))
-        for k in ("steps", "micro_batch_size", "grad_accum", "log_every"):
+        if self.steps < 0:
+            out.append(("train.steps", f"must be >= 0, got {self.steps}"))
+        for k in ("micro_batch_size", "grad_accum", "log_every"):
             if getattr(self, k) < 1:
                 out.append((f"train.{k}", f"must be >= 1, got {getattr(self, k)}"))
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
@@ -240,6 +242,8 @@ class RecipeConfig:
         if not any(k.startswith("model.") for k, _ in out):
             out += self.parallel.problems(self.launch.world_size, spec)
         out += self._length_problems()
+        if self.train.steps == 0 and not self.model.hf_path:
+            out.append(("train.steps", "0 means evaluate model.hf_path as it is, but model.hf_path is not set"))
         return out
 
     def _length_problems(self) -> Problems:
