@@ -98,7 +98,7 @@ def _one_hop(kind: str, fact: str) -> Callable[[World, str, random.Random], QARe
     return build
 
 
-for _kind, _fact in (("birthplace", "birth"), ("profession", "job"), ("birth_year", "birth")):
+for _kind, _fact in (("birthplace", "birth"), ("profession", "job"), ("birth_year", "birth"), ("mentor", "mentor")):
     question(_kind, "in_domain", _people)(_one_hop(_kind, _fact))
 
 

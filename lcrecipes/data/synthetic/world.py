@@ -55,7 +55,7 @@ STAFF = "At the end of the year the company had {e} employees."
 # (questions.py) and the questions closing LM documents (``lm_doc_questions``) both ask them.
 PERSON_QUESTIONS = {
     "birthplace": ("Where was {n} born?", lambda p: p.city),
-    "birth_year": ("In which year was {n} born?", lambda p: str(p.year)),
+    "birth_year": ("What was the birth year of {n}?", lambda p: str(p.year)),
     "profession": ("What was the profession of {n}?", lambda p: p.profession),
     "mentor": ("Who was the mentor of {n}?", lambda p: p.mentor),
 }
