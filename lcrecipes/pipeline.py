@@ -119,7 +119,7 @@ def _eval_data_cmd(recipe: Recipe, overrides: list[str]) -> list[list[str]]:
 
 def _eval_cmd(recipe: Recipe, overrides: list[str]) -> list[list[str]]:
     cfg = recipe.cfg
-    model = cfg.eval.hf_dir or (cfg.model.hf_path if _untrained(recipe) else str(Path(cfg.run_dir) / "hf"))
+    model = cfg.eval_model_dir()
     return [_lcr("eval", model, "--suite", str(cfg.eval.suite), "--strategy", cfg.eval.strategy or cfg.strategy.name,
                  "--out", str(eval_dir(recipe)), "--label", cfg.name.replace("/", "-"),
                  *(["--threads", str(cfg.eval.threads)] if cfg.eval.threads else []))]

@@ -2,8 +2,8 @@
 
     lcr launch recipes/qwen2.5-7b-1m/doc_ids.yaml                     # sbatch slurm/train_1m.sh, flags from launch:
     lcr launch recipes/qwen2.5-7b-1m/doc_ids.yaml --dry-run           # print that sbatch command
-    lcr launch recipes/tiny_cpu/base.yaml --submitit --cpu train.steps=6   # through submitit; waits, then returns
-    lcr launch recipes/tiny_cpu/base.yaml --submitit --dry-run        # print the sbatch file submitit would submit
+    lcr launch recipes/tiny_cpu/pretrain_1.yaml --submitit --cpu train.steps=6   # through submitit; waits, then returns
+    lcr launch recipes/tiny_cpu/pretrain_1.yaml --submitit --dry-run  # print the sbatch file submitit would submit
     lcr launch recipes/tiny_cpu/doc_ids.yaml --eval [--suite S] [--model HF_DIR] [--submitit]   # job array
 
 Options may come before or after the overrides. ``--cpu`` requests no GPUs (each task is a gloo rank on CPU).
@@ -63,7 +63,7 @@ def _eval_target(cfg: RecipeConfig, args: argparse.Namespace) -> tuple[str, str,
     suite = args.suite or cfg.eval.suite
     if suite is None:
         raise ConfigError(args.recipe, "eval.suite", "no eval suite: set eval.suite or pass --suite")
-    model = args.model or cfg.eval.hf_dir or str(Path(cfg.run_dir) / "hf")
+    model = args.model or cfg.eval_model_dir()
     out = args.out or str(Path(cfg.run_dir) / "eval" / load_suite(suite).name)
     return model, suite, out
 

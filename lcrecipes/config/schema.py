@@ -246,6 +246,13 @@ class RecipeConfig:
             out.append(("train.steps", "0 means evaluate model.hf_path as it is, but model.hf_path is not set"))
         return out
 
+    def eval_model_dir(self) -> str:
+        """The HF dir ``lcr eval RECIPE`` evaluates: ``eval.hf_dir``, else ``model.hf_path`` when ``train.steps`` is 0
+        (a base model evaluated as it is), else this run's export ``<run_dir>/hf``."""
+        if self.eval.hf_dir:
+            return self.eval.hf_dir
+        return str(self.model.hf_path) if self.train.steps == 0 else f"{self.run_dir}/hf"
+
     def _length_problems(self) -> Problems:
         seq, cp = self.data.seq_len, max(self.parallel.cp, 1)
         out = []

@@ -368,7 +368,7 @@ def resolve_target(args: argparse.Namespace) -> tuple[str, str, str, str, str | 
         suite = args.suite or cfg.eval.suite
         if suite is None:
             raise EvalError(f"{target}: no eval suite: set eval.suite or pass --suite")
-        model = args.model or cfg.eval.hf_dir or str(Path(cfg.run_dir) / "hf")
+        model = args.model or cfg.eval_model_dir()
         out = args.out or str(Path(cfg.run_dir) / "eval" / load_suite(suite).name)
         label = args.label or cfg.name.replace("/", "-")
         return model, suite, args.strategy or cfg.strategy.name, out, label, args.threads or cfg.eval.threads

@@ -140,3 +140,10 @@ def test_cli_misspelt_key_exits_nonzero_naming_key_and_file(tmp_path: Path) -> N
     out = _lcr("config", "show", str(path))
     assert out.returncode != 0
     assert "trian" in out.stderr and str(path) in out.stderr
+
+
+def test_the_model_a_recipe_evaluates():
+    """eval.hf_dir if set; else model.hf_path for a base model (train.steps 0); else the run's HF export."""
+    assert load_recipe("recipes/tiny_cpu/base.yaml").cfg.eval_model_dir() == "recipes/tiny_cpu/pretrained"
+    assert load_recipe("recipes/tiny_cpu/doc_ids.yaml").cfg.eval_model_dir() == "runs/tiny_cpu/doc_ids/hf"
+    assert load_recipe("recipes/tiny_cpu/doc_ids.yaml", ["eval.hf_dir=x"]).cfg.eval_model_dir() == "x"
