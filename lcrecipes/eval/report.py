@@ -133,6 +133,8 @@ def run_summary(run: Run, base: Run | None = None) -> dict:
     out["gap_id_minus_ood"] = {s: run.domain_avg(IN_DOMAIN, s) - run.domain_avg(OUT_OF_DOMAIN, s) for s in settings}
     if base is not None:
         out["gain_over_base"] = gain_table(run, base)
+        out["gain_ci"] = {t: paired_gain_ci(run, base, [t]) for t in run.tasks(IN_DOMAIN)}
+        out["gain_ci"][f"avg_{IN_DOMAIN}"] = paired_gain_ci(run, base, run.tasks(IN_DOMAIN))
     out["memory"] = memory_table(run)
     out["ndcg10"] = ndcg_table(run)
     return out
@@ -165,6 +167,19 @@ def gain_table(run: Run, base: Run) -> dict[str, dict[str, float]]:
         row |= {f"avg_{d}": run.domain_avg(d, s) - base.domain_avg(d, s) for d in DOMAINS}
         out[s] = row
     return out
+
+
+def paired_gain_ci(run: Run, base: Run, tasks: list[str], setting: str = "full") -> dict:
+    """Gain ×100 over the base run on the examples both answered (same task, length and uid), with a 95% paired
+    bootstrap interval: the interval of the mean per-example difference, which, unlike two separate intervals,
+    cancels the spread the two models share across examples."""
+    def scores(r: Run) -> dict:
+        return {(t, x["length"], x["uid"]): x["score"] for t in tasks for x in r.select(t, setting)}
+
+    mine, theirs = scores(run), scores(base)
+    diffs = [mine[k] - theirs[k] for k in mine.keys() & theirs.keys()]
+    mean, lo, hi = bootstrap_ci(sorted(diffs))
+    return {"mean": 100 * mean, "lo": 100 * lo, "hi": 100 * hi, "n": len(diffs)}
 
 
 def memory_table(run: Run) -> dict[str, dict]:
@@ -297,8 +312,10 @@ def summary_markdown(runs: list[Run], base: Run | None) -> str:
                                                                               for m, v in nd.items()])]  # fmt: skip
     parts += _rag_sweep_md(base or runs[0], oods)
     if base is not None:
-        rows = [[name(r)] + [fmt(r.domain_avg(d, "full") - base.domain_avg(d, "full")) for d in DOMAINS] for r in runs]
-        parts += [f"## Gain over {base.label} (full context, points)", md_table(["model", "in-domain", "OOD"], rows)]
+        rows = [[name(r)] + [fmt(r.domain_avg(d, "full") - base.domain_avg(d, "full")) for d in DOMAINS]
+                + [fmt_ci(paired_gain_ci(r, base, r.tasks(IN_DOMAIN)))] for r in runs]  # fmt: skip
+        head = ["model", "in-domain", "OOD", "in-domain, per example [paired 95% CI]"]
+        parts += [f"## Gain over {base.label} (full context, points)", md_table(head, rows)]
     return "\n\n".join(parts) + "\n"
 
 

@@ -106,3 +106,27 @@ def test_baseline_given_as_the_base_models_eval_folder_picks_the_same_suite(tmp_
     assert resolve_baseline(base, runs) == base
     with pytest.raises(ValueError, match="baseline .*nowhere.*'t' run"):
         resolve_baseline(tmp_path / "nowhere", runs)
+
+
+def test_paired_gain_interval(tmp_path):
+    """The gain's interval pairs examples by (task, length, uid), whatever the row order: a model right exactly where
+    the base is, plus 10 more of 40, gains 25 points with an interval that excludes 0, while the two models' own
+    intervals overlap. Examples only one model answered are left out."""
+    from lcrecipes.eval.metrics import bootstrap_ci
+    from lcrecipes.eval.report import paired_gain_ci
+
+    ID = "in_domain"
+    base_scores = [1] * 20 + [0] * 20
+    tuned_scores = [1] * 30 + [0] * 10
+    base = [row("syn_id", ID, "full", s, 512, f"x{i}") for i, s in enumerate(base_scores)]
+    tuned = [row("syn_id", ID, "full", s, 512, f"x{i}") for i, s in enumerate(tuned_scores)][::-1]
+    tuned.append(row("syn_id", ID, "full", 1, 512, "only_here"))
+    b, t = load_runs([write_run(tmp_path / "b", "base", "answer_only", base),
+                      write_run(tmp_path / "t", "tuned", "doc_ids", tuned)])
+    gain = paired_gain_ci(t, b, ["syn_id"])
+    assert gain["n"] == 40 and gain["mean"] == pytest.approx(25.0)
+    assert 0 < gain["lo"] < 25 < gain["hi"]
+    _, _, base_hi = bootstrap_ci([float(s) for s in base_scores])
+    _, tuned_lo, _ = bootstrap_ci([float(s) for s in tuned_scores])
+    assert tuned_lo * 100 < base_hi * 100  # unpaired, the two intervals overlap
+    assert run_summary(t, b)["gain_ci"]["syn_id"] == gain
