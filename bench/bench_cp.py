@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes" / "tiny_cpu" / "base.yaml"
+RECIPE = REPO / "recipes" / "tiny_cpu" / "pretrain_1.yaml"
 TAG = "BENCH_RESULT "
 GiB = float(1 << 30)
 

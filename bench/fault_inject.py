@@ -4,7 +4,7 @@ saves, resume, and compare with an uninterrupted run (bit-identical in fp32 on C
     python bench/fault_inject.py --backend deepspeed --kills 20 --save-kills 20 --seed 0
     python bench/fault_inject.py --backend megatron --kills 20 --save-kills 20 --seed 0   # once it is registered
 
-The tiny recipe (recipes/tiny_cpu/base.yaml: 2 layers, hidden 64, 512-token sequences, CP=2 on 2 gloo ranks,
+The tiny recipe (recipes/tiny_cpu/pretrain_1.yaml: 2 layers, hidden 64, 512-token sequences, CP=2 on 2 gloo ranks,
 a checkpoint every step) is prepared once and trained uninterrupted: the reference (a second uninterrupted run
 checks that the reference itself is deterministic). Then trials, each a chain of faults followed by a run to the
 end, all from one seeded RNG:

@@ -20,7 +20,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 WRAPPER = REPO / "bench" / "fault_trainer.py"
-RECIPE = REPO / "recipes" / "tiny_cpu" / "base.yaml"
+RECIPE = REPO / "recipes" / "tiny_cpu" / "pretrain_1.yaml"
 # The tiny recipe of the issue: 2 layers, hidden 64, 512-token sequences, CP=2 on 2 gloo ranks, a save per step.
 MODEL = ["model.hidden_size=64", "model.num_layers=2", "model.head_dim=16", "model.ffn_hidden_size=172"]
 DATA = ["data.seq_len=512", "data.num_train=32", "data.synthetic.lm_doc_passages=4"]

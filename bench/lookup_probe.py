@@ -1,6 +1,6 @@
 """Does a tiny model learn to read its context? A one-process probe of in-context lookup during pretraining.
 
-    python bench/lookup_probe.py recipes/tiny_cpu/base.yaml --steps 800 --every 100 \\
+    python bench/lookup_probe.py recipes/tiny_cpu/pretrain_1.yaml --steps 800 --every 100 \\
         --set data.synthetic.lm_doc_passages=3 data.synthetic.lm_doc_questions=8 data.synthetic.lm_doc_recall=4
 
 Prepares the recipe's LM data with the overrides (``lcr prepare``, skipped when its shards exist), trains the
@@ -41,7 +41,7 @@ from lcrecipes.models import hf_config_from_spec  # noqa: E402
 from lcrecipes.train.hf_model import special_token_ids  # noqa: E402
 from lcrecipes.train.schedule import lr_at  # noqa: E402
 
-KINDS = (("year was", "year"), ("born", "born"), ("profession", "profession"), ("mentor", "mentor"),
+KINDS = (("birth year", "year"), ("born", "born"), ("profession", "profession"), ("mentor", "mentor"),
          ("country", "country"), ("revenue", "revenue"), ("income", "income"))  # fmt: skip
 NOT_COPIED = {"dollars", "letters", "books", "employees", "years", "it", "river"}
 
@@ -133,7 +133,7 @@ def main() -> int:
     p.add_argument("--init", default=None, help="start from this HF model directory (e.g. an earlier --save)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    overrides = [*args.overrides, f"train.steps={args.steps}"]
+    overrides = [*args.overrides, f"train.steps={max(args.steps, 1)}"]  # the lr schedule's length
     cfg = load_recipe(args.recipe, overrides).cfg
     if cfg.data.kind != "lm":
         p.error(f"{args.recipe}: data.kind is {cfg.data.kind!r}; the probe pretrains on kind=lm documents")

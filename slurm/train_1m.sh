@@ -2,7 +2,7 @@
 # Train a recipe on a Slurm cluster, one process per GPU, with save-and-requeue before the time limit.
 #
 #   sbatch slurm/train_1m.sh recipes/qwen2.5-7b-1m/doc_ids.yaml [section.key=value ...]
-#   sbatch --nodes=1 --ntasks-per-node=2 --gpus-per-node=0 slurm/train_1m.sh recipes/tiny_cpu/base.yaml  # CPU
+#   sbatch --nodes=1 --ntasks-per-node=2 --gpus-per-node=0 slurm/train_1m.sh recipes/tiny_cpu/pretrain_1.yaml  # CPU
 #   lcr launch recipes/qwen2.5-7b-1m/doc_ids.yaml [--dry-run]   # the same, flags from the recipe's launch section
 #
 # The #SBATCH lines below fit recipes/qwen2.5-7b-1m (8 nodes x 8 GPUs); sbatch options given on the command line

@@ -2,7 +2,7 @@
 (``tests/megatron_cpu.py``), so that ``parallel.backend=megatron`` runs on CPU-only machines over gloo. Tests start
 it; the ``lcrecipes`` package never imports the redirection.
 
-    torchrun --standalone --nproc_per_node 2 tests/megatron_lcr.py train recipes/tiny_cpu/base.yaml \\
+    torchrun --standalone --nproc_per_node 2 tests/megatron_lcr.py train recipes/tiny_cpu/pretrain_1.yaml \\
         parallel.backend=megatron root=/tmp/lcr train.steps=4
 """
 

@@ -1,7 +1,7 @@
 """``lcr preflight RECIPE [section.key=value ...]``: a few steps at CP=1 and at the recipe's CP on the recipe's
 data; prints the loss and grad-norm differences and PASS/FAIL (exit 0/1). Run it with the recipe's ranks:
 
-    torchrun --nproc_per_node 2 -m lcrecipes.cli preflight recipes/tiny_cpu/base.yaml --steps 3
+    torchrun --nproc_per_node 2 -m lcrecipes.cli preflight recipes/tiny_cpu/pretrain_1.yaml --steps 3
 """
 
 from __future__ import annotations

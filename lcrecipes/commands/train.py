@@ -1,7 +1,7 @@
 """``lcr train RECIPE [section.key=value ...]``: train a recipe (one process, or one rank under torchrun/srun).
 
-    lcr train recipes/tiny_cpu/base.yaml launch.gpus_per_node=1 parallel.cp=1
-    torchrun --nproc_per_node 2 -m lcrecipes.cli train recipes/tiny_cpu/base.yaml
+    lcr train recipes/tiny_cpu/pretrain_1.yaml launch.gpus_per_node=1 parallel.cp=1
+    torchrun --nproc_per_node 2 -m lcrecipes.cli train recipes/tiny_cpu/pretrain_1.yaml
 
 Resumes from ``<run_dir>/checkpoints/latest`` (``checkpoint.resume=auto``). Exit code 75 means a checkpoint was
 saved on SIGUSR1/SIGTERM and the job should be requeued.

@@ -1,6 +1,6 @@
 """The callable that submitit runs in every Slurm task: one ``lcr`` command, with save-and-requeue.
 
-    job = LcrJob(["train", "recipes/tiny_cpu/base.yaml", "train.steps=6"], workdir="/path/to/repo")
+    job = LcrJob(["train", "recipes/tiny_cpu/pretrain_1.yaml", "train.steps=6"], workdir="/path/to/repo")
     executor.submit(job)            # each task: cd workdir, export RANK/WORLD_SIZE/..., run `lcr train ...`
 
 Preemption, the same protocol as ``slurm/train_1m.sh``: USR1 before the time limit (or SIGTERM on preemption)

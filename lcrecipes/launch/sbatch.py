@@ -1,6 +1,6 @@
 """sbatch command lines built from a recipe's ``launch`` section, for ``slurm/train_1m.sh`` and ``slurm/eval.sh``.
 
-    cmd = train_command(recipe.cfg, "recipes/tiny_cpu/base.yaml", ["train.steps=6"], cpu=True)
+    cmd = train_command(recipe.cfg, "recipes/tiny_cpu/pretrain_1.yaml", ["train.steps=6"], cpu=True)
     print(shlex.join(cmd))          # what `lcr launch RECIPE --dry-run` prints
     job_id = submit(cmd)
 

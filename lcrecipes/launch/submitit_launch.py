@@ -1,6 +1,6 @@
 """Launch from Python through submitit, configured from a recipe's ``launch`` section.
 
-    launcher = SubmititLauncher.from_recipe("recipes/tiny_cpu/base.yaml", ["train.steps=6"], cpu=True)
+    launcher = SubmititLauncher.from_recipe("recipes/tiny_cpu/pretrain_1.yaml", ["train.steps=6"], cpu=True)
     print(launcher.sbatch_text())             # the sbatch file submitit would submit (--dry-run)
     job = launcher.submit_train()             # one task per GPU (gloo rank on CPU), LcrJob in each
     wait(job)                                 # rank 0's result; a failed job raises LaunchError with its log

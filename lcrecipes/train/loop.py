@@ -1,8 +1,8 @@
 """The training loop, the same for every backend: data, LR schedule, loss normalisation, logging, eval,
 checkpoints (state.json + ``latest``), resume and the graceful stop.
 
-    lcr train recipes/tiny_cpu/base.yaml                                  # one process
-    torchrun --nproc_per_node 2 -m lcrecipes.cli train recipes/tiny_cpu/base.yaml
+    lcr train recipes/tiny_cpu/pretrain_1.yaml                                  # one process
+    torchrun --nproc_per_node 2 -m lcrecipes.cli train recipes/tiny_cpu/pretrain_1.yaml
 
 Per optimizer step: every rank takes its ``grad_accum`` micro-batches, the target tokens are summed over all
 ranks (DP x CP x accumulation), the backend backpropagates ``loss_sum / global_tokens`` and steps at the

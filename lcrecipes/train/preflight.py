@@ -1,6 +1,6 @@
 """Preflight: a few optimizer steps at CP=1 and at the recipe's CP, on the recipe's own data and ranks, compared.
 
-    torchrun --nproc_per_node 2 -m lcrecipes.cli preflight recipes/tiny_cpu/base.yaml
+    torchrun --nproc_per_node 2 -m lcrecipes.cli preflight recipes/tiny_cpu/pretrain_1.yaml
 
 Both runs start from the same weights and read the same sequences. The CP=1 reference runs the recipe with
 ``parallel.cp=1`` on the same ranks (each CP group's ranks become data-parallel ranks of the backend, TP and PP

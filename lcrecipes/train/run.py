@@ -1,6 +1,6 @@
 """Entry points: start this rank's process group from torchrun/Slurm variables and run the loop.
 
-    torchrun --nproc_per_node 2 -m lcrecipes.cli train recipes/tiny_cpu/base.yaml
+    torchrun --nproc_per_node 2 -m lcrecipes.cli train recipes/tiny_cpu/pretrain_1.yaml
 """
 
 from __future__ import annotations

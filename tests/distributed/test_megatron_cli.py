@@ -1,4 +1,4 @@
-"""The tiny CPU recipe (``recipes/tiny_cpu/base.yaml``) through the real ``lcr`` command line with
+"""The tiny CPU recipe (``recipes/tiny_cpu/pretrain_1.yaml``) through the real ``lcr`` command line with
 ``parallel.backend=megatron``, shrunk by overrides (4 steps, 256-token sequences, 8 sequences):
 
 - ``lcr prepare`` writes the shards (and trains the tokenizer);
@@ -23,7 +23,7 @@ import pytest
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
-RECIPE = "recipes/tiny_cpu/base.yaml"
+RECIPE = "recipes/tiny_cpu/pretrain_1.yaml"
 ENTRY = "tests/megatron_lcr.py"
 STEPS = 4
 TOL = 1e-5

@@ -27,7 +27,7 @@ from tests.unit.test_launch_eval import TIMING, make_eval_setup
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]
-RECIPE = "recipes/tiny_cpu/base.yaml"
+RECIPE = "recipes/tiny_cpu/pretrain_1.yaml"
 EVAL_RECIPE = "recipes/tiny_cpu/doc_ids.yaml"
 HOSTILE = "$(touch PWNED) 'q' \"d\""
 SEQ = 128

@@ -47,7 +47,7 @@ def work(tmp_path_factory) -> dict:
     shutil.copytree(REPO / "recipes" / "tiny_cpu", recipes / "tiny_cpu")
     shutil.copytree(REPO / "recipes" / "_base", recipes / "_base")
     data = write_synthetic_shards(tmp / "data", seq_len=SEQ, n_train=16, n_eval=4, vocab_size=2048)
-    w = {"tmp": tmp, "recipe": str(recipes / "tiny_cpu" / "base.yaml"), "data": str(data)}
+    w = {"tmp": tmp, "recipe": str(recipes / "tiny_cpu" / "pretrain_1.yaml"), "data": str(data)}
     w["ref"] = _submit(w, "ref")
     return w
 

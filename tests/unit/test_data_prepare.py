@@ -287,7 +287,7 @@ def test_a_model_trained_from_scratch_takes_the_prepared_tokenizers_special_ids(
     from lcrecipes.config import load_recipe
     from lcrecipes.train.hf_model import build_hf_model, special_token_ids
 
-    cfg = load_recipe(Path(__file__).parents[2] / "recipes/tiny_cpu/base.yaml",
+    cfg = load_recipe(Path(__file__).parents[2] / "recipes/tiny_cpu/pretrain_1.yaml",
                       [f"data.out_dir={base['tiny']}", "model.num_layers=1", "model.hidden_size=64"]).cfg
     tok = load_tokenizer(base["tokenizer"])
     assert special_token_ids(cfg) == {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,

@@ -19,7 +19,7 @@ from lcrecipes.launch.job import JobFailed, LcrJob, run_lcr
 from lcrecipes.launch.submitit_launch import SubmititLauncher, executor_params
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPE = "recipes/tiny_cpu/base.yaml"
+RECIPE = "recipes/tiny_cpu/pretrain_1.yaml"
 SMALL = ["train.steps=6", "train.warmup_steps=1"]
 # Spaces, both quotes, a command substitution, a backtick and a glob: none may be interpreted by a shell.
 HOSTILE = "a b 'c' \"d\" $(touch PWNED) `touch PWNED2` *"
@@ -164,12 +164,13 @@ def test_eval_array_command() -> None:
 
 
 def test_eval_dry_runs_from_the_recipe(capsys, tmp_path) -> None:
-    args = [RECIPE, "--eval", "--dry-run", "--cpu", *SMALL, f"run_dir={tmp_path}/{HOSTILE}"]
+    recipe = "recipes/tiny_cpu/answer_only.yaml"
+    args = [recipe, "--eval", "--dry-run", "--cpu", *SMALL, f"run_dir={tmp_path}/{HOSTILE}"]
     assert lcr(["launch", *args]) == 0
     argv = shlex.split(capsys.readouterr().out)
     run_dir = f"{tmp_path}/{HOSTILE}"
     assert argv[-5:] == [f"{run_dir}/hf", "eval/suites/tiny_cpu.yaml", "answer_only", f"{run_dir}/eval/tiny_cpu",
-                         "tiny_cpu-base"]  # the label `lcr eval RECIPE` gives
+                         "tiny_cpu-answer_only"]  # the label `lcr eval RECIPE` gives
     from lcrecipes.eval.suite import load_suite
     from lcrecipes.launch.eval_array import eval_slices
 
