@@ -191,15 +191,18 @@ def eval_dir(recipe: Recipe) -> Path:
     return Path(cfg.eval.out_dir or Path(cfg.run_dir) / "eval" / load_suite(cfg.eval.suite).name)
 
 
-def run_study(recipe_paths: list[str], overrides: list[str], report_dir: str | None) -> list[StageResult]:
-    """Run every recipe's pipeline in order, then write one report over all their eval runs."""
+def run_study(recipe_paths: list[str], overrides: list[str], report_dir: str | None,
+              extra: dict[str, list[str]] | None = None) -> list[StageResult]:
+    """Run every recipe's pipeline in order, then write one report over all their eval runs. ``extra`` maps a
+    recipe path to overrides for that recipe only (after ``overrides``)."""
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    recipes = [load_recipe(p, overrides) for p in recipe_paths]  # validate every recipe before running any
+    own = [[*overrides, *(extra or {}).get(p, [])] for p in recipe_paths]
+    recipes = [load_recipe(p, o) for p, o in zip(recipe_paths, own)]  # validate every recipe before running any
     results = []
-    for recipe in recipes:
-        results += run_recipe(recipe, overrides, env)
+    for recipe, o in zip(recipes, own):
+        results += run_recipe(recipe, o, env)
     evals = [str(eval_dir(r)) for r in recipes if r.cfg.eval.suite]
     if report_dir and evals:
         baseline = next((r.cfg.eval.baseline for r in recipes if r.cfg.eval.baseline), None)

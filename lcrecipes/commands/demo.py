@@ -21,6 +21,7 @@ from dataclasses import dataclass
 STRATEGIES = ("answer_only", "doc_ids", "ids_content", "ids_quotes", "reasoning")
 PRETRAIN = ("recipes/tiny_cpu/pretrain_1.yaml", "recipes/tiny_cpu/pretrain_2.yaml")
 PRETRAINED = "tiny_cpu/pretrain_2/hf"  # under the demo's root
+BASE = "recipes/tiny_cpu/base.yaml"
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,13 @@ class Demo:
 
 FULL = Demo(
     root="runs",
-    recipes=("recipes/tiny_cpu/base.yaml", *(f"recipes/tiny_cpu/{s}.yaml" for s in STRATEGIES)),
+    recipes=(BASE, *(f"recipes/tiny_cpu/{s}.yaml" for s in STRATEGIES)),
     overrides=(),
     report="runs/tiny_cpu/report",
 )
 FAST = Demo(
     root="runs/fast",
-    recipes=("recipes/tiny_cpu/base.yaml", "recipes/tiny_cpu/answer_only.yaml", "recipes/tiny_cpu/doc_ids.yaml"),
+    recipes=(BASE, "recipes/tiny_cpu/answer_only.yaml", "recipes/tiny_cpu/doc_ids.yaml"),
     overrides=("root=runs/fast", "eval.suite=eval/suites/tiny_cpu_fast.yaml"),
     report="runs/fast/tiny_cpu/report",
 )
@@ -49,19 +50,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true", help="base + answer_only + doc_ids, the small suite (runs/fast)")
     p.add_argument("--pretrain", action="store_true",
                    help="pretrain the base model afresh (recipes/tiny_cpu/pretrain_*.yaml) instead of the shipped one")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train.steps for the recipes that train (pretraining, fine-tunes), not the base model's 0")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra section.key=value for every recipe (after the demo's own)")
 
 
 def main(args: argparse.Namespace) -> int:
-    from lcrecipes.commands.run import main as run_main
+    import sys
+
+    from lcrecipes.pipeline import StageFailed, run_study
 
     demo = FAST if args.fast else FULL
     overrides = [*demo.overrides, *args.overrides]
-    if args.pretrain:
-        rc = run_main(argparse.Namespace(recipes=list(PRETRAIN), overrides=[f"root={demo.root}"], report=None))
-        if rc:
-            return rc
-        model = f"{demo.root}/{PRETRAINED}"
-        overrides = [f"model.hf_path={model}", f"data.tokenizer={model}", *overrides]
-    return run_main(argparse.Namespace(recipes=list(demo.recipes), overrides=overrides, report=demo.report))
+    steps = [f"train.steps={args.steps}"] if args.steps is not None else []
+    try:
+        if args.pretrain:
+            # the user's --set applies to pretraining too (not the demo's eval suite: pretraining has no eval)
+            run_study(list(PRETRAIN), [f"root={demo.root}", *args.overrides], None, {p: steps for p in PRETRAIN})
+            model = f"{demo.root}/{PRETRAINED}"
+            overrides = [f"model.hf_path={model}", f"data.tokenizer={model}", *overrides]
+        tuned = {p: steps for p in demo.recipes if p != BASE}
+        results = run_study(list(demo.recipes), overrides, demo.report, tuned)
+    except StageFailed as e:
+        print(f"lcr demo: {e}", file=sys.stderr)
+        return 1
+    ran = sum(not r.skipped for r in results)
+    print(f"lcr run: {ran} stage(s) ran, {len(results) - ran} skipped")
+    return 0

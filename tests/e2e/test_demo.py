@@ -78,3 +78,29 @@ def test_rerun_skips_finished_stages(demo):
     # the base model (train.steps 0) only re-checks its eval; the fine-tunes re-check prepare and eval (no-ops)
     assert "lcr run: 5 stage(s) ran, 10 skipped" in second.stdout
     assert ckpts and {p: p.stat().st_mtime_ns for p in ckpts} == before
+
+
+def test_pretrain_flag_pretrains_the_base_model_and_starts_from_it(tmp_path):
+    """`lcr demo --fast --pretrain` (shrunk to 2 training steps and a 4-question suite) runs pretrain_1 and
+    pretrain_2 under the demo's root and evaluates / fine-tunes from that export, not the shipped model; the base
+    model is not trained (--steps leaves its train.steps at 0)."""
+    for name in ("recipes", "eval"):
+        (tmp_path / name).symlink_to(REPO / name)
+    (tmp_path / "suite.yaml").write_text(
+        "name: s\nlimit: 4\nmax_new_tokens: 4\ntasks:\n  - name: synthetic_in_domain\n"
+        "    path: runs/fast/sets/in_{length}.jsonl\n    lengths: [256]\nsettings:\n  full: true\n")
+    small = ["train.warmup_steps=1", "checkpoint.every=2", "data.num_train=8", "data.num_eval=2",
+             "eval.suite=suite.yaml"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "lcrecipes.cli", "demo", "--fast", "--pretrain", "--steps", "2",
+           *(f"--set={o}" for o in small)]
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    fast = tmp_path / "runs/fast/tiny_cpu"
+    model = "runs/fast/tiny_cpu/pretrain_2/hf"
+    assert (fast / "pretrain_1/checkpoints/step_2").is_dir() and (tmp_path / model / "config.json").is_file()
+    base_rows = (fast / "base/eval/s/predictions.jsonl").read_text().splitlines()
+    assert {json.loads(r)["model_dir"] for r in base_rows} == {str(tmp_path / model)}
+    resolved = (fast / "doc_ids/config.yaml").read_text()
+    assert f"hf_path: {model}" in resolved and f"tokenizer: {model}" in resolved and "steps: 2\n" in resolved
+    assert not (fast / "base/checkpoints").exists()
