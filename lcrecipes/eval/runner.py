@@ -263,6 +263,14 @@ def load_model(model_dir: str | Path, dtype: str = "float32"):
     return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tok
 
 
+def generation_settings(suite: EvalSuite) -> dict:
+    """The suite fields that change what an existing row would contain (not which rows exist, as limits, tasks
+    and settings do): a resumed run must use the same ones or its rows would mix two evaluations."""
+    keys = ("seed", "max_new_tokens", "max_context_tokens", "truncation", "dtype")
+    return {k: getattr(suite, k) for k in keys} | {"task_max_new_tokens": {t.name: t.max_new_tokens for t in
+                                                                            suite.tasks if t.max_new_tokens}}
+
+
 def _check_run_meta(out: Path, meta: dict) -> None:
     path = out / "run.json"
     if path.exists():
@@ -271,6 +279,11 @@ def _check_run_meta(out: Path, meta: dict) -> None:
             if old.get(k) != meta.get(k):
                 raise EvalError(f"{path}: this run dir holds {k}={old.get(k)!r}, not {meta.get(k)!r}; "
                                  "use another --out")  # fmt: skip
+        before, now = old.get("generation", meta["generation"]), meta["generation"]
+        for k in now:
+            if before.get(k) != now[k]:
+                raise EvalError(f"{path}: its rows were generated with suite {k}={before.get(k)!r}, the suite now "
+                                f"says {now[k]!r}; resuming would mix the two (use another --out or delete it)")
 
 
 def _write_run_meta(out: Path, meta: dict, suite: EvalSuite) -> None:
@@ -306,7 +319,8 @@ def run_eval(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"model": label or default_label(model_dir), "model_dir": str(Path(model_dir).resolve()),
-            "strategy": strategy_name, "suite_name": suite.name, "seed": suite.seed}  # fmt: skip
+            "strategy": strategy_name, "suite_name": suite.name, "seed": suite.seed,
+            "generation": generation_settings(suite)}  # fmt: skip
     _check_run_meta(out, meta)
     strategy = get_strategy(strategy_name)
     plan, settings = plan_items(suite), expand_settings(suite)

@@ -165,3 +165,23 @@ def test_hf_judge_on_the_tiny_model(setup):
     judge = HFJudge(setup["model"], max_new_tokens=4, model=model, tokenizer=tok)
     rating, raw = judge.rate("Which city?", "Oslo", "Oslo")
     assert (rating is None or 0 <= rating <= 100) and isinstance(raw, str) and judge.last == (rating, raw)
+
+
+def test_resuming_with_other_generation_settings_is_refused(setup):
+    """Rows of a run dir were generated with one max_new_tokens (or truncation, dtype, ...): a rerun whose suite
+    says otherwise must not skip them as done, nor append rows of another kind; a larger limit is a resume."""
+    from dataclasses import replace
+
+    from lcrecipes.eval.suite import SettingsSpec, load_suite
+
+    suite = load_suite(setup["suite"])
+    small = replace(suite, tasks=suite.tasks[2:], settings=SettingsSpec(full=True, compression=[], rag=[]))
+    out = setup["root"] / "regen"
+    run_eval(setup["model"], small, "doc_ids", out)
+    before = (out / "predictions.jsonl").read_bytes()
+    with pytest.raises(runner.EvalError, match="max_new_tokens=6.*says 9"):
+        run_eval(setup["model"], replace(small, max_new_tokens=9), "doc_ids", out)
+    with pytest.raises(runner.EvalError, match="truncation"):
+        run_eval(setup["model"], replace(small, truncation="end"), "doc_ids", out)
+    assert (out / "predictions.jsonl").read_bytes() == before
+    run_eval(setup["model"], replace(small, limit=2), "doc_ids", out)  # more rows of the same kind: fine
