@@ -5,7 +5,9 @@ Output format (one line)::
     Answer: <answer>
 
 Reward: ``format * subem``. The parser is lenient for eval of untrained models: without an ``Answer:`` line the
-whole output (whitespace collapsed) is taken as the answer, but the output is not well formed.
+first non-empty line is taken as the answer, but the output is not well formed. Only the first line: the format
+asks for one line, and a model that rambles on (listing facts from its context) must not score by the gold answer
+appearing somewhere in its ramble, which would reward a longer ``max_new_tokens`` rather than an answer.
 """
 
 from __future__ import annotations
@@ -33,5 +35,5 @@ class AnswerOnly(Strategy):
         lines = split_lines(output)
         body, answer, ok = take_answer(lines)
         if answer is None:
-            answer = normalize_ws(output) or None
+            answer = normalize_ws(lines[0]) if lines else None
         return Parsed(ids=[], quotes=[], content=[], answer=answer, well_formed=ok and not body)

@@ -287,8 +287,10 @@ def test_scores_reward_partial_work():
     mc = _example(choices=["Paris", "Lyon"], answers=["A"])
     assert get_strategy("answer_only").score("Answer: A. Paris", mc)["subem"] == 1.0
     assert get_strategy("answer_only").score("Answer: B", mc)["subem"] == 0.0
-    lenient = get_strategy("answer_only").score("The answer is Paris", ex)
+    lenient = get_strategy("answer_only").score("The answer is Paris\nQ: And Lyon?", ex)
     assert lenient["subem"] == 1.0 and lenient["format"] == 0.0 and lenient["reward"] == 0.0
+    ramble = get_strategy("answer_only").score("Q: Where was Ann born?\nA: Paris", ex)  # only the first line counts
+    assert ramble["subem"] == 0.0 and get_strategy("answer_only").parse("\n\n  x  y \nz").answer == "x y"
 
 
 # ---- shared metrics -----------------------------------------------------------------------------------------
