@@ -83,7 +83,7 @@ class SyntheticGenerator:
             )
 
     def tokenizer_texts(self) -> Iterator[str]:
-        """Text the tokenizer is trained on: every passage, plus questions and answers of every type."""
+        """Text the tokenizer is trained on: every passage, plus questions and answers of the configured types."""
         for p in self.world.passages():
             yield p.title
             yield p.text
