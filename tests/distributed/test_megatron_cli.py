@@ -32,7 +32,8 @@ TOL = 1e-5
 def _overrides(root: Path, run: str) -> list[str]:
     values = {"root": root, "run_dir": root / "runs" / run, "parallel.backend": "megatron", "train.steps": STEPS,
               "data.num_train": 8, "data.num_eval": 2, "data.seq_len": 256, "data.context_tokens": 128,
-              "data.synthetic.lm_doc_passages": 2, "checkpoint.every": STEPS, "train.eval_batches": 1,
+              "data.synthetic.lm_doc_passages": 2, "data.synthetic.lm_doc_questions": 0,
+              "data.synthetic.repeat_attributes": "false", "checkpoint.every": STEPS, "train.eval_batches": 1,
               "train.tensorboard": "false"}
     return [f"{k}={v}" for k, v in values.items()]
 
