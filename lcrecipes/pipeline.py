@@ -107,7 +107,6 @@ def _tokenizer(recipe: Recipe) -> str:
 
     if _untrained(recipe):
         return str(recipe.cfg.model.hf_path)
-
     return manifest_tokenizer(Path(recipe.cfg.data.out_dir) / "train")
 
 

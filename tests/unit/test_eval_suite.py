@@ -31,8 +31,8 @@ def test_tiny_cpu_matches_its_budgets():
     suite = load_suite(REPO / "eval" / "suites" / "tiny_cpu.yaml")
     assert [c.method for c in suite.settings.compression] == ["snapkv", "streamingllm"]
     assert all(c.budgets == suite.settings.rag[0].budgets for c in suite.settings.compression)
-    assert suite.tasks[0].files() == [(512, Path("runs/tiny_cpu/eval_data/in_domain_512.jsonl")),
-                                      (1024, Path("runs/tiny_cpu/eval_data/in_domain_1024.jsonl"))]  # fmt: skip
+    lengths = (256, 512, 1024)
+    assert suite.tasks[0].files() == [(n, Path(f"runs/tiny_cpu/eval_data/in_domain_{n}.jsonl")) for n in lengths]
 
 
 def test_helmet_paths_use_k():
