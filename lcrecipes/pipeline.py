@@ -211,6 +211,19 @@ def run_study(recipe_paths: list[str], overrides: list[str], report_dir: str | N
     return results
 
 
+def run_and_print(run: Callable[[], list[StageResult]], prog: str) -> int:
+    """Exit code of a study run by ``run()``: 1 with the failed command on stderr, else 0 after one line counting the
+    stages that ran and were skipped (what ``lcr run`` and ``lcr demo`` print)."""
+    try:
+        results = run()
+    except StageFailed as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    ran = sum(not r.skipped for r in results)
+    print(f"lcr run: {ran} stage(s) ran, {len(results) - ran} skipped")
+    return 0
+
+
 def print_headline(summary: Path) -> None:
     """Print where the report is and its first table (the study's Table 1 shape)."""
     lines = summary.read_text().splitlines()

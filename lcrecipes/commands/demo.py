@@ -57,24 +57,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import sys
-
-    from lcrecipes.pipeline import StageFailed, run_study
+    from lcrecipes.pipeline import run_and_print, run_study
 
     demo = FAST if args.fast else FULL
-    overrides = [*demo.overrides, *args.overrides]
     steps = [f"train.steps={args.steps}"] if args.steps is not None else []
-    try:
+
+    def run() -> list:
+        overrides = [*demo.overrides, *args.overrides]
         if args.pretrain:
             # the user's --set applies to pretraining too (not the demo's eval suite: pretraining has no eval)
             run_study(list(PRETRAIN), [f"root={demo.root}", *args.overrides], None, {p: steps for p in PRETRAIN})
             model = f"{demo.root}/{PRETRAINED}"
             overrides = [f"model.hf_path={model}", f"data.tokenizer={model}", *overrides]
-        tuned = {p: steps for p in demo.recipes if p != BASE}
-        results = run_study(list(demo.recipes), overrides, demo.report, tuned)
-    except StageFailed as e:
-        print(f"lcr demo: {e}", file=sys.stderr)
-        return 1
-    ran = sum(not r.skipped for r in results)
-    print(f"lcr run: {ran} stage(s) ran, {len(results) - ran} skipped")
-    return 0
+        return run_study(list(demo.recipes), overrides, demo.report, {p: steps for p in demo.recipes if p != BASE})
+
+    return run_and_print(run, "lcr demo")

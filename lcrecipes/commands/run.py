@@ -9,7 +9,6 @@ after an interruption continues where it stopped. ``--set`` overrides apply to e
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,13 +19,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from lcrecipes.pipeline import StageFailed, run_study
+    from lcrecipes.pipeline import run_and_print, run_study
 
-    try:
-        results = run_study(args.recipes, args.overrides, args.report)
-    except StageFailed as e:
-        print(f"lcr run: {e}", file=sys.stderr)
-        return 1
-    ran = sum(not r.skipped for r in results)
-    print(f"lcr run: {ran} stage(s) ran, {len(results) - ran} skipped")
-    return 0
+    return run_and_print(lambda: run_study(args.recipes, args.overrides, args.report), "lcr run")

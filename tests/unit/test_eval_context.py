@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -38,6 +39,21 @@ def tiny_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
     if chat:
         fast.chat_template = CHAT
     return fast
+
+
+def save_tiny_llama(tok, out: Path, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                    max_positions: int = 2048) -> Path:
+    """A seeded random LlamaForCausalLM for ``tok`` (ffn = 2 x hidden), saved with the tokenizer in ``out``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from lcrecipes.data.example import Passage, RetrievalExample
 from lcrecipes.eval.runner import read_rows, run_eval
 from lcrecipes.eval.suite import load_suite
 from lcrecipes.launch import eval_array
 from lcrecipes.launch.eval_array import DONE, eval_slices, merge_slices, run_slice, slice_dir, slice_suite
-from tests.unit.test_eval_context import sentences, tiny_tokenizer
+from tests.unit.test_eval_context import save_tiny_llama, sentences, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 TIMING = ("wall_s", "prefill_s", "decode_s", "peak_rss_bytes")  # differ between any two runs
@@ -34,13 +33,7 @@ def _example(qid: str, n_docs: int, rng: random.Random, mc: bool = False) -> dic
 
 def make_eval_setup(root: Path, settings: dict) -> dict:
     """A tiny HF model dir, three one-example task files and a suite over them with ``settings``."""
-    tok = tiny_tokenizer()
-    tok.save_pretrained(root / "model")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(root / "model")
+    save_tiny_llama(tiny_tokenizer(), root / "model")
     rng = random.Random(0)
     files = {"in.jsonl": [_example("i", 4, rng)], "qa.jsonl": [_example("q", 4, rng)],
              "mc.jsonl": [_example("m", 4, rng, mc=True)]}  # fmt: skip

@@ -7,14 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from lcrecipes.config import load_recipe
 from lcrecipes.data.prepare import manifest_tokenizer, prepare
 from lcrecipes.data.tokenizer import load_tokenizer
 from lcrecipes.pipeline import STAGES
+from tests.unit.test_eval_context import save_tiny_llama
 
 RECIPE = "recipes/tiny_cpu/answer_only.yaml"
 
@@ -35,12 +34,7 @@ def world(tmp_path_factory) -> dict:
                  "data.num_eval=2", f"eval.suite={suite}", "data.synthetic.questions=[profession]"]
     prepare(load_recipe(RECIPE, overrides).cfg.data, "answer_only", splits=["train"])
     tok = load_tokenizer(manifest_tokenizer(root / "data" / "train"))
-    tok.save_pretrained(root / "model")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(root / "model")
+    save_tiny_llama(tok, root / "model", hidden=32, layers=1, heads=2, kv_heads=1, max_positions=1024)
     return {"root": root, "overrides": overrides, "model": root / "model"}
 
 
