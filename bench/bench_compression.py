@@ -1,16 +1,20 @@
 """Benchmark of the KV-cache compression methods on a tiny random Llama (CPU, one thread).
 
-    .venv/bin/python bench/bench_compression.py [--context 1024] [--budget 0.25] [--repeats 3]
+    .venv/bin/python bench/bench_compression.py [--context 1024 4096] [--budget 0.25] [--repeats 5]
 
-    .venv/bin/python bench/bench_compression.py --context 8192 --repeats 3   # a context where compression matters
+    .venv/bin/python bench/bench_compression.py --context 8192 --repeats 3   # a longer context
 
-Prints two tables:
+Prints, for each --context (the default: 1,024 tokens, where per-op overhead dominates a decode step of this
+2-layer model, and 4,096, the shortest context the study evaluates), three tables:
   1. each method and mode: prefill and decode time (fastest of --repeats), total time relative to `none` in the
-     same mode (target <= 1.1x), the time spent inside the kvpress press's own `score` (its compute, not our
-     adapter's) and the ratio to `none` without it (what our adapter and the hooks cost), and measured kept bytes
-     relative to (1 - ratio) x full (target within 1%; masking methods are checked against full instead);
+     same mode (target <= 1.1x), the time spent in the method's own scoring (a kvpress press's `score`; top-k
+     retrieval's selection, `boundary_scores`) and the ratio to `none` without it (what our adapter, kernel glue
+     and hooks cost), and measured kept bytes relative to (1 - ratio) x full (target within 1%; masking methods
+     are checked against full instead);
   2. our adapter vs kvpress's own `KVPressTextGenerationPipeline` on the same press (query-agnostic, as the
-     pipeline compresses the context alone): time ratio and whether the answers are identical.
+     pipeline compresses the context alone): time ratio and whether the answers are identical;
+  3. top-k retrieval's selection, per row of context scores: `torch.topk` vs `boundary_scores` (what the kernel
+     uses), on fresh random rows (a loop over the same few rows lets the branch predictor learn them).
 The numbers are recorded by hand in bench/RESULTS.md.
 """
 
@@ -27,9 +31,10 @@ from kvpress import KVPressTextGenerationPipeline  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
-from lcrecipes.eval.compression import METHODS, MODES, get_method, memory_claim_holds  # noqa: E402
+from lcrecipes.eval.compression import METHODS, MODES, get_method, memory_claim_holds, topk_retrieval  # noqa: E402
 from lcrecipes.eval.compression.base import expected_kept_fraction, n_kept_tokens  # noqa: E402
 from lcrecipes.eval.compression.press import PressMethod, press_ratio  # noqa: E402
+from lcrecipes.eval.compression.topk_retrieval import boundary_scores  # noqa: E402
 
 VOCAB = 256
 
@@ -69,27 +74,28 @@ def timed(calls: dict, repeats: int) -> dict:
 
 
 class ScoreClock:
-    """Seconds spent inside the kvpress presses' own `score` (the press's compute, as opposed to our adapter, the
-    hooks and the model): wraps `score` on each press class while active; `seconds` is reset by `start()`."""
+    """Seconds spent inside each method's own scoring (as opposed to our adapter, the hooks and the model): the
+    kvpress presses' `score`, and top-k retrieval's selection (`boundary_scores`, looked up by the kernel in its
+    module). Wraps each (owner, attribute) while active; `seconds` is reset by `start()`."""
 
-    def __init__(self, classes: list[type]) -> None:
-        self.classes, self.seconds, self.saved = list(dict.fromkeys(classes)), 0.0, {}
+    def __init__(self, targets: list[tuple[object, str]]) -> None:
+        self.targets, self.seconds, self.saved = list(dict.fromkeys(targets)), 0.0, {}
 
     def start(self) -> None:
         self.seconds = 0.0
 
     def __enter__(self) -> ScoreClock:
-        for cls in self.classes:
-            self.saved[cls] = cls.__dict__.get("score")
-            cls.score = self._timed(cls.score)
+        for owner, attr in self.targets:
+            self.saved[owner, attr] = vars(owner).get(attr)
+            setattr(owner, attr, self._timed(getattr(owner, attr)))
         return self
 
     def __exit__(self, *exc) -> None:
-        for cls, score in self.saved.items():
-            if score is None:
-                del cls.score  # it was inherited
+        for (owner, attr), original in self.saved.items():
+            if original is None:
+                delattr(owner, attr)  # it was inherited
             else:
-                cls.score = score
+                setattr(owner, attr, original)
 
     def _timed(self, score):
         def timed_score(*args, **kwargs):
@@ -108,7 +114,8 @@ def method_table(model, context, question, args) -> None:
     print(f"{'method':20s} {'mode':15s} {'prefill ms':>10s} {'decode ms':>10s} {'x none':>7s} {'score ms':>9s} "
           f"{'x none w/o score':>16s} {'kept/exp':>9s} {'claim':>6s}")  # fmt: skip
     methods = {name: get_method(name) for name in METHODS}
-    clock = ScoreClock([m.press_cls for m in methods.values() if isinstance(m, PressMethod)])
+    clock = ScoreClock([(m.press_cls, "score") for m in methods.values() if isinstance(m, PressMethod)]
+                       + [(topk_retrieval, "boundary_scores")])
 
     def call(method, mode):
         clock.start()
@@ -124,7 +131,7 @@ def method_table(model, context, question, args) -> None:
     for (name, mode), ((res, score_s), total) in results.items():
         method, none_s = methods[name], results["none", mode][1]
         frac = expected_kept_fraction(args.budget, len(context)) if method.frees_memory else 1.0
-        score = f"{score_s * 1e3:9.2f} {(total - score_s) / none_s:16.2f}" if isinstance(method, PressMethod) else \
+        score = f"{score_s * 1e3:9.2f} {(total - score_s) / none_s:16.2f}" if score_s else \
             f"{'-':>9s} {'-':>16s}"
         print(f"{name:20s} {mode:15s} {res.prefill_s * 1e3:10.2f} {res.decode_s * 1e3:10.2f} {total / none_s:7.2f} "
               f"{score} {res.kv_bytes_kept / (frac * res.kv_bytes_full):9.4f} "
@@ -157,23 +164,39 @@ def pipeline_table(model, context, question, args) -> None:
               f"{str(ours == theirs):>9s}")  # fmt: skip
 
 
+def selection_table(n_context: int, args) -> None:
+    k = n_kept_tokens(args.budget, n_context)
+    rows = torch.randn(512, n_context, generator=torch.Generator().manual_seed(2))
+    calls = {
+        "torch.topk (values, indices)": lambda: rows.topk(k, dim=-1, sorted=False),
+        "boundary_scores (kernel)": lambda: boundary_scores(rows, k),
+    }
+    results = timed(calls, args.repeats)
+    print(f"\n## top-k selection: {len(rows)} random rows of {n_context} scores, k = {k}")
+    print(f"{'selection':30s} {'us/row':>8s} {'x topk':>7s}")
+    for name, (_, seconds) in results.items():
+        per_row = seconds / len(rows)
+        print(f"{name:30s} {per_row * 1e6:8.2f} {seconds / results[next(iter(calls))][1]:7.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--context", type=int, default=1024, help="context tokens")
+    parser.add_argument("--context", type=int, nargs="+", default=[1024, 4096], help="context tokens (each)")
     parser.add_argument("--question", type=int, default=16, help="question tokens")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per example")
     parser.add_argument("--budget", type=float, default=0.25, help="fraction of the context KV kept")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (fastest kept)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model = tiny_model(args.context + args.question + args.new_tokens)
-    gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(2, VOCAB, (args.context + args.question,), generator=gen).tolist()
-    context, question = ids[: args.context], ids[args.context :]
+    model = tiny_model(max(args.context) + args.question + args.new_tokens)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu, fp32")
-    method_table(model, context, question, args)
-    pipeline_table(model, context, question, args)
-
+    for n_context in args.context:
+        gen = torch.Generator().manual_seed(1)
+        ids = torch.randint(2, VOCAB, (n_context + args.question,), generator=gen).tolist()
+        context, question = ids[:n_context], ids[n_context:]
+        method_table(model, context, question, args)
+        pipeline_table(model, context, question, args)
+        selection_table(n_context, args)
 
 if __name__ == "__main__":
     main()

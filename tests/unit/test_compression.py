@@ -21,7 +21,7 @@ from lcrecipes.eval.compression import (
     n_kept_tokens,
 )
 from lcrecipes.eval.compression.press import QuestionKeepingPress, press_ratio
-from lcrecipes.eval.compression.topk_retrieval import ATTN_NAME, topk_attention
+from lcrecipes.eval.compression.topk_retrieval import ATTN_NAME, boundary_scores, topk_attention
 
 VOCAB, N_CONTEXT, N_QUESTION, MAX_NEW = 128, 160, 8, 12
 EXPECTED = {"none", "snapkv", "streamingllm", "knorm", "tova", "expected_attention", "keydiff", "topk_retrieval"}
@@ -188,6 +188,29 @@ def test_topk_kernel_equals_dense_attention_on_the_top_k_keys(q_len):
     ref = scores.masked_fill(~keep, float("-inf")).softmax(-1)
     torch.testing.assert_close(w, ref, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(out, (ref @ v4).transpose(1, 2), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_boundary_scores_is_the_k_plus_first_largest(dtype):
+    """fp32/fp64 on CPU take numpy's partition, fp16 torch.topk: both give the (k+1)-th largest of each row,
+    strided rows included (the kernel passes the context slice of a longer score row)."""
+    torch.manual_seed(0)
+    rows = torch.randn(3, 5, 70).to(dtype)[..., :64]
+    for k in (1, 16, 63):
+        expected = rows.sort(dim=-1, descending=True).values[..., k : k + 1]
+        got = boundary_scores(rows, k)
+        assert got.dtype == dtype and got.shape == (3, 5, 1)
+        assert torch.equal(got, expected)
+        assert torch.all((rows > got).sum(-1) == k)
+
+
+def test_topk_kernel_drops_keys_tied_with_the_boundary():
+    """Two context keys tie for the k-th/(k+1)-th best score: both are dropped, so the head sees k - 1."""
+    q = torch.ones(1, 1, 1, 2)
+    k = torch.tensor([[[[1.0, 0.0], [3.0, 0.0], [2.0, 0.0], [2.0, 0.0], [0.0, 0.0]]]])
+    v = torch.arange(10.0).view(1, 1, 5, 2)
+    _, w = topk_attention(q, k, v, None, n_context=4, k=2, scaling=1.0)
+    assert torch.equal(w[0, 0, 0] > 0, torch.tensor([False, True, False, False, True]))
 
 
 def test_budget_and_call_validation(model, prompt):

@@ -13,14 +13,19 @@ over the context (as when a cached context is reused), and generation continues 
 Mechanism: `topk_retrieval_attention` is registered in transformers' `AttentionInterface` (and the sdpa mask
 builder in `AttentionMaskInterface`) under `ATTN_NAME`. Without the `topk_context_len` / `topk_k` forward
 kwargs, or with `k >= topk_context_len`, it calls the registered sdpa function unchanged, so a model using it
-behaves exactly like sdpa. The exact top-k is computed over all scores (no approximate index), so decode cost
-is that of dense attention: this models RetrievalAttention's accuracy, not its speed.
+behaves exactly like sdpa.
+
+Cost: the exact top-k is found over all scores (no approximate index), so each decode step costs dense attention
+plus, per query head, a selection of the (k+1)-th best context score (`boundary_scores`). On CPU that selection
+costs about as much as the dense attention itself (bench/RESULTS.md): this models RetrievalAttention's accuracy,
+not its speed, which comes from an index that avoids scoring every key.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import AttentionInterface
@@ -45,6 +50,22 @@ def allowed_positions(
     return attention_mask > torch.finfo(attention_mask.dtype).min / 2
 
 
+def boundary_scores(context: torch.Tensor, k: int) -> torch.Tensor:
+    """The (k+1)-th largest entry of each row of `context` `[..., n]` (k < n), shaped `[..., 1]`: the entries
+    strictly above it are the row's k largest (exactly k when no entry ties with it).
+
+    Only the boundary is computed, not which k: masking by it is one comparison. On CPU (fp32/fp64) numpy's
+    `partition` (a selection over the values alone) finds it; `torch.topk` there runs `std::nth_element` over
+    (value, index) pairs and is 1.3-2.2x slower per row of 1K-8K scores (bench/bench_compression.py, "top-k
+    selection"). Elsewhere (CUDA, bf16) `torch.topk` of k + 1 entries gives it.
+    """
+    n = context.shape[-1]
+    if context.device.type == "cpu" and context.dtype in (torch.float32, torch.float64):
+        i = n - k - 1  # ascending order: index n-k-1 holds the (k+1)-th largest
+        return torch.from_numpy(np.partition(context.detach().numpy(), i, axis=-1)[..., i : i + 1])
+    return context.topk(k + 1, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+
+
 def topk_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -55,26 +76,29 @@ def topk_attention(
     scaling: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention where each query head sees only its top-`k` context keys (positions < n_context) by q·k,
-    plus every allowed key at positions >= n_context.
+    plus every allowed key at positions >= n_context. Keys tied with the (k+1)-th best score are dropped with
+    it (so a row keeps fewer than k only on exact ties).
 
     query `[b, heads, q, d]`; key, value `[b, kv_heads, kv, d]` (heads = groups x kv_heads, as `repeat_kv`);
     allowed: bool `[b or 1, 1, q, kv]`, or None when every key may be attended. Returns output `[b, q, heads, d]`
     and weights `[b, heads, q, kv]` (fp32 softmax cast to the query dtype; exactly zero off the chosen keys).
     """
     b, heads, q_len, d = query.shape
-    kv_heads, kv_len = key.shape[1], key.shape[2]
-    rows = heads // kv_heads * q_len  # the query heads sharing one KV head: no copy of the cache for GQA
-    keys_t = key.reshape(b * kv_heads, kv_len, d).transpose(1, 2)
-    scaled = query.reshape(b * kv_heads, rows, d) * scaling  # scale the few queries, not every score
-    scores = torch.bmm(scaled, keys_t).view(b, heads, q_len, kv_len)
-    context = scores[..., :n_context]
-    top = context.topk(k, dim=-1, sorted=False)  # which k, not their order: half the cost of a sorted top-k
-    context.fill_(float("-inf")).scatter_(-1, top.indices, top.values)  # in place: no second score matrix
+    kv_heads = key.shape[1]
+    # the query heads sharing one KV head are rows of one matmul: no copy of the cache for GQA; scale the few
+    # queries, not every score
+    scores = torch.matmul(query.reshape(b, kv_heads, -1, d) * scaling, key.transpose(2, 3))
+    if k < n_context:
+        context = scores[..., :n_context]
+        # shift each row by its boundary (softmax does not see a per-row shift), then drop what is not above 0;
+        # in place, two passes and no second score matrix or boolean mask (x - t > 0 exactly when x > t)
+        scores.sub_(boundary_scores(context, k))
+        torch.nn.functional.threshold(context, 0.0, float("-inf"), inplace=True)
     if allowed is not None:
-        scores.masked_fill_(allowed.logical_not(), float("-inf"))
+        scores.view(b, heads, q_len, -1).masked_fill_(allowed.logical_not(), float("-inf"))
     weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
-    output = torch.bmm(weights.view(b * kv_heads, rows, kv_len), value.reshape(b * kv_heads, kv_len, -1))
-    return output.view(b, heads, q_len, -1).transpose(1, 2).contiguous(), weights
+    output = torch.matmul(weights, value)
+    return output.view(b, heads, q_len, -1).transpose(1, 2), weights.view(b, heads, q_len, -1)
 
 
 def topk_retrieval_attention(
