@@ -56,7 +56,7 @@ def boundary_scores(context: torch.Tensor, k: int) -> torch.Tensor:
 
     Only the boundary is computed, not which k: masking by it is one comparison. On CPU (fp32/fp64) numpy's
     `partition` (a selection over the values alone) finds it; `torch.topk` there runs `std::nth_element` over
-    (value, index) pairs and is 1.3-2.2x slower per row of 1K-8K scores (bench/bench_compression.py, "top-k
+    (value, index) pairs and is 1.3-2.1x slower per row of 1K-8K scores (bench/bench_compression.py, "top-k
     selection"). Elsewhere (CUDA, bf16) `torch.topk` of k + 1 entries gives it.
     """
     n = context.shape[-1]
