@@ -204,6 +204,24 @@ def test_boundary_scores_is_the_k_plus_first_largest(dtype):
         assert torch.all((rows > got).sum(-1) == k)
 
 
+@pytest.mark.gpu
+def test_topk_kernel_on_cuda_bf16_keeps_the_best_keys():
+    """The CUDA path selects with torch.topk in bf16: each head keeps 32 keys (fewer only on bf16 ties at the
+    boundary), every kept key outscores every dropped one, and the output is fp32 attention over the kept keys."""
+    torch.manual_seed(0)
+    q, k, v = (t.to("cuda", torch.bfloat16) for t in (torch.randn(1, 4, 1, 16), *torch.randn(2, 1, 2, 300, 16)))
+    out, w = topk_attention(q, k, v, None, n_context=256, k=32, scaling=0.25)
+    scores = torch.matmul(q.reshape(1, 2, 2, 16) * 0.25, k.transpose(2, 3)).view(1, 4, 1, 300).float().cpu()
+    kept = w.float().cpu()[..., :256] > 0
+    assert torch.all(kept.sum(-1) <= 32) and torch.all(kept.sum(-1) >= 30)
+    context = scores[..., :256]
+    lowest_kept = context.masked_fill(~kept, float("inf")).amin(-1)
+    assert torch.all(lowest_kept > context.masked_fill(kept, float("-inf")).amax(-1))
+    keep = torch.cat([kept, torch.ones(1, 4, 1, 44, dtype=torch.bool)], dim=-1)
+    ref = scores.masked_fill(~keep, float("-inf")).softmax(-1) @ v.float().cpu().repeat_interleave(2, dim=1)
+    torch.testing.assert_close(out.float().cpu(), ref.transpose(1, 2), rtol=2e-2, atol=2e-2)
+
+
 def test_topk_kernel_drops_keys_tied_with_the_boundary():
     """Two context keys tie for the k-th/(k+1)-th best score: both are dropped, so the head sees k - 1."""
     q = torch.ones(1, 1, 1, 2)
