@@ -204,6 +204,18 @@ def test_boundary_scores_is_the_k_plus_first_largest(dtype):
         assert torch.all((rows > got).sum(-1) == k)
 
 
+def test_topk_kernel_takes_long_questions_in_chunks_that_fit():
+    """5 causal queries whose scores exceed max_scores run as chunks of 2, 2 and 1 queries, and return no
+    weights (they would be the matrix the chunks avoid); outputs equal to rounding."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 5, 16), torch.randn(1, 2, 25, 16), torch.randn(1, 2, 25, 16)
+    allowed = (torch.arange(25) <= torch.arange(20, 25).unsqueeze(-1))[None, None]
+    whole, weights = topk_attention(q, k, v, allowed, n_context=20, k=6, scaling=0.25)
+    chunked, none = topk_attention(q, k, v, allowed, n_context=20, k=6, scaling=0.25, max_scores=2 * 4 * 25)
+    assert weights is not None and none is None
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)  # other matmul shapes: rounding only
+
+
 @pytest.mark.gpu
 def test_topk_kernel_on_cuda_bf16_keeps_the_best_keys():
     """The CUDA path selects with torch.topk in bf16: each head keeps 32 keys (fewer only on bf16 ties at the

@@ -35,6 +35,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from lcrecipes.eval.compression.base import CompressionMethod
 
 ATTN_NAME = "lcr_topk_retrieval"
+MAX_SCORES = 1 << 27  # scores per chunk of queries: 512 MiB in fp32 (plus the softmax's fp32 copy)
 
 
 def allowed_positions(
@@ -74,7 +75,8 @@ def topk_attention(
     n_context: int,
     k: int,
     scaling: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    max_scores: int = MAX_SCORES,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention where each query head sees only its top-`k` context keys (positions < n_context) by q·k,
     plus every allowed key at positions >= n_context. Keys tied with the (k+1)-th best score are dropped with
     it (so a row keeps fewer than k only on exact ties).
@@ -82,8 +84,21 @@ def topk_attention(
     query `[b, heads, q, d]`; key, value `[b, kv_heads, kv, d]` (heads = groups x kv_heads, as `repeat_kv`);
     allowed: bool `[b or 1, 1, q, kv]`, or None when every key may be attended. Returns output `[b, q, heads, d]`
     and weights `[b, heads, q, kv]` (fp32 softmax cast to the query dtype; exactly zero off the chosen keys).
+    When `b x heads x q x kv` exceeds `max_scores` (a long question over a long cache, e.g. 200 tokens x 28 heads
+    x 1M keys = 5.6G scores), the queries are taken in chunks that fit and the weights are not returned (None).
     """
     b, heads, q_len, d = query.shape
+    per_query = b * heads * key.shape[2]
+    if q_len > 1 and q_len * per_query > max_scores:
+        step = max(1, max_scores // per_query)
+        outputs = [
+            topk_attention(
+                query[:, :, i : i + step], key, value, None if allowed is None else allowed[:, :, i : i + step],
+                n_context, k, scaling, max_scores,
+            )[0]
+            for i in range(0, q_len, step)
+        ]  # fmt: skip
+        return torch.cat(outputs, dim=1), None
     kv_heads = key.shape[1]
     # the query heads sharing one KV head are rows of one matmul: no copy of the cache for GQA; scale the few
     # queries, not every score
