@@ -185,3 +185,29 @@ def test_resuming_with_other_generation_settings_is_refused(setup):
         run_eval(setup["model"], replace(small, truncation="end"), "doc_ids", out)
     assert (out / "predictions.jsonl").read_bytes() == before
     run_eval(setup["model"], replace(small, limit=2), "doc_ids", out)  # more rows of the same kind: fine
+
+
+def test_topk_retrieval_through_the_runner(setup, monkeypatch):
+    """The study suite's RetrievalAttention setting end to end on the saved tiny model: both modes, a token budget,
+    the top-k kernel selecting at every decode step, the full cache kept (masking only: kept == full)."""
+    from dataclasses import replace
+
+    from lcrecipes.eval.compression import topk_retrieval
+    from lcrecipes.eval.suite import CompressionSpec, SettingsSpec, load_suite
+
+    selections = []
+    select = topk_retrieval.boundary_scores
+    monkeypatch.setattr(topk_retrieval, "boundary_scores", lambda ctx, k: selections.append(k) or select(ctx, k))
+
+    suite = load_suite(setup["suite"])
+    topk = CompressionSpec(method="topk_retrieval", budgets=[16], modes=["query_aware", "query_agnostic"])
+    small = replace(suite, tasks=suite.tasks[2:], settings=SettingsSpec(full=True, compression=[topk], rag=[]))
+    out = setup["root"] / "topk"
+    run_eval(setup["model"], small, "doc_ids", out)
+    by = {r["setting"]: r for r in read_rows(out)}
+    assert set(by) == {"full", "topk_retrieval@16:query_aware", "topk_retrieval@16:query_agnostic"}
+    for mode in ("query_aware", "query_agnostic"):
+        r = by[f"topk_retrieval@16:{mode}"]
+        assert r["kv_bytes_kept"] == r["kv_bytes_full"] == by["full"]["kv_bytes_full"] and r["memory_claim_ok"]
+        assert r["n_kept_tokens"] == 16 and r["decode_s"] > 0
+    assert selections and set(selections) == {16}  # one selection per layer per decode step (and question step)
