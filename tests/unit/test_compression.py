@@ -190,18 +190,24 @@ def test_topk_kernel_equals_dense_attention_on_the_top_k_keys(q_len):
     torch.testing.assert_close(out, (ref @ v4).transpose(1, 2), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
-def test_boundary_scores_is_the_k_plus_first_largest(dtype):
-    """fp32/fp64 on CPU take numpy's partition, fp16 torch.topk: both give the (k+1)-th largest of each row,
-    strided rows included (the kernel passes the context slice of a longer score row)."""
+@pytest.mark.parametrize(("dtype", "threads"), [(torch.float32, 1), (torch.float64, 1), (torch.float32, 2),
+                                                (torch.float16, 1)])  # fmt: skip
+def test_boundary_scores_is_the_k_plus_first_largest(dtype, threads):
+    """fp32/fp64 on one CPU thread take numpy's partition, the rest torch.topk: both give the (k+1)-th largest of
+    each row, strided rows included (the kernel passes the context slice of a longer score row)."""
     torch.manual_seed(0)
     rows = torch.randn(3, 5, 70).to(dtype)[..., :64]
-    for k in (1, 16, 63):
-        expected = rows.sort(dim=-1, descending=True).values[..., k : k + 1]
-        got = boundary_scores(rows, k)
-        assert got.dtype == dtype and got.shape == (3, 5, 1)
-        assert torch.equal(got, expected)
-        assert torch.all((rows > got).sum(-1) == k)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for k in (1, 16, 63):
+            expected = rows.sort(dim=-1, descending=True).values[..., k : k + 1]
+            got = boundary_scores(rows, k)
+            assert got.dtype == dtype and got.shape == (3, 5, 1)
+            assert torch.equal(got, expected)
+            assert torch.all((rows > got).sum(-1) == k)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_topk_kernel_takes_long_questions_in_chunks_that_fit():

@@ -55,13 +55,16 @@ def boundary_scores(context: torch.Tensor, k: int) -> torch.Tensor:
     """The (k+1)-th largest entry of each row of `context` `[..., n]` (k < n), shaped `[..., 1]`: the entries
     strictly above it are the row's k largest (exactly k when no entry ties with it).
 
-    Only the boundary is computed, not which k: masking by it is one comparison. On CPU (fp32/fp64) numpy's
-    `partition` (a selection over the values alone) finds it; `torch.topk` there runs `std::nth_element` over
-    (value, index) pairs and is 1.3-2.1x slower per row of 1K-8K scores (bench/bench_compression.py, "top-k
-    selection"). Elsewhere (CUDA, bf16) `torch.topk` of k + 1 entries gives it.
+    Only the boundary is computed, not which k: masking by it is one comparison. On CPU (fp32/fp64) with one
+    intra-op thread, as the tiny CPU recipes evaluate and the bench runs, numpy's `partition` (a selection over
+    the values alone) finds it: `torch.topk` there runs `std::nth_element` over (value, index) pairs and is
+    1.3-2.1x slower per row of 1K-8K scores (bench/bench_compression.py, "top-k selection"). With more threads
+    `torch.topk` splits the rows among them and numpy would not; on CUDA, or in bf16, `torch.topk` of k + 1
+    entries is used.
     """
     n = context.shape[-1]
-    if context.device.type == "cpu" and context.dtype in (torch.float32, torch.float64):
+    cpu_float = context.device.type == "cpu" and context.dtype in (torch.float32, torch.float64)
+    if cpu_float and torch.get_num_threads() == 1:
         i = n - k - 1  # ascending order: index n-k-1 holds the (k+1)-th largest
         return torch.from_numpy(np.partition(context.detach().numpy(), i, axis=-1)[..., i : i + 1])
     return context.topk(k + 1, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
