@@ -14,7 +14,7 @@ Prints, for each --context (the default: 1,024 tokens, where per-op overhead dom
   2. our adapter vs kvpress's own `KVPressTextGenerationPipeline` on the same press (query-agnostic, as the
      pipeline compresses the context alone): time ratio and whether the answers are identical;
   3. top-k retrieval's selection, per row of context scores: `torch.topk` vs `boundary_scores` (what the kernel
-     uses), on fresh random rows (a loop over the same few rows lets the branch predictor learn them).
+     uses), over 512 random rows: too many for the branch predictor to learn, as it learns a loop over a few.
 The numbers are recorded by hand in bench/RESULTS.md.
 """
 
@@ -197,6 +197,7 @@ def main() -> None:
         method_table(model, context, question, args)
         pipeline_table(model, context, question, args)
         selection_table(n_context, args)
+
 
 if __name__ == "__main__":
     main()
