@@ -51,16 +51,24 @@ _AGENT_PID = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else None
 
 
 def kill_job(victim: str) -> None:
-    """SIGKILL this rank, and with ``victim == "all"`` first its torchrun agent and the agent's other workers."""
-    if victim == "all" and _AGENT_PID is not None and os.getppid() == _AGENT_PID:
-        import psutil
+    """SIGKILL this rank with everything it started, and with ``victim == "all"`` first the torchrun agent and its
+    other workers. Also right when called from a process the rank forked (Megatron-Core's checkpoint writers):
+    killing only that writer would leave its rank waiting for it and the job hanging until the peers' collective
+    timeout. Nothing outside the job is touched: the agent recorded at start-up must still be an ancestor (an
+    orphaned worker, re-parented to init or a CI runner's subreaper, kills only itself)."""
+    import psutil
 
+    me = psutil.Process()
+    chain = [me, *me.parents()]  # this process, then its ancestors, nearest first
+    agent = next((p for p in chain[1:] if p.pid == _AGENT_PID), None) if _AGENT_PID is not None else None
+    if agent is not None:
+        rank = next(p for p in chain if p.ppid() == agent.pid)  # the worker torchrun started
+        top = agent if victim == "all" else rank
         try:
-            agent = psutil.Process(_AGENT_PID)
-            others = [p for p in agent.children(recursive=True) if p.pid != os.getpid()]
-        except psutil.NoSuchProcess:  # the agent died meanwhile: only this rank is left to kill
-            others, agent = [], None
-        for p in [*others, *([agent] if agent else [])]:
+            doomed = [p for p in top.children(recursive=True) if p.pid != me.pid]
+        except psutil.NoSuchProcess:  # gone meanwhile: only this process is left to kill
+            doomed, top = [], None
+        for p in [*doomed, *([top] if top is not None and top.pid != me.pid else [])]:
             try:
                 p.send_signal(signal.SIGKILL)  # psutil checks the create time: a reused pid is not signalled
             except psutil.NoSuchProcess:
