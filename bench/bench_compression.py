@@ -34,7 +34,6 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast 
 from lcrecipes.eval.compression import METHODS, MODES, get_method, memory_claim_holds, topk_retrieval  # noqa: E402
 from lcrecipes.eval.compression.base import expected_kept_fraction, n_kept_tokens  # noqa: E402
 from lcrecipes.eval.compression.press import PressMethod, press_ratio  # noqa: E402
-from lcrecipes.eval.compression.topk_retrieval import boundary_scores  # noqa: E402
 
 VOCAB = 256
 
@@ -169,7 +168,7 @@ def selection_table(n_context: int, args) -> None:
     rows = torch.randn(512, n_context, generator=torch.Generator().manual_seed(2))
     calls = {
         "torch.topk (values, indices)": lambda: rows.topk(k, dim=-1, sorted=False),
-        "boundary_scores (kernel)": lambda: boundary_scores(rows, k),
+        "boundary_scores (kernel)": lambda: topk_retrieval.boundary_scores(rows, k),
     }
     results = timed(calls, args.repeats)
     print(f"\n## top-k selection: {len(rows)} random rows of {n_context} scores, k = {k}")

@@ -18,13 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from lcrecipes.data.example import Passage, RetrievalExample
 from lcrecipes.eval import report, runner
 from lcrecipes.eval.metrics import HFJudge
 from lcrecipes.eval.runner import read_rows, run_eval
-from tests.unit.test_eval_context import sentences, tiny_tokenizer
+from tests.unit.test_eval_context import save_tiny_llama, sentences, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 N_ROWS = 4 * (1 + 3 + 3 + 2)  # items (ID@2 lengths, QA, MC) x settings (full, 2 methods x 3 budgets, RAG x 2)
@@ -48,14 +47,7 @@ def _example(qid: str, n_docs: int, rng: random.Random, mc: bool = False) -> dic
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("eval_run")
-    tok = tiny_tokenizer()
-    tok.save_pretrained(root / "model")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)  # fmt: skip
-    LlamaForCausalLM(cfg).save_pretrained(root / "model")
+    save_tiny_llama(tiny_tokenizer(), root / "model", max_positions=4096)
     rng = random.Random(0)
     files = {"in_domain_4.jsonl": [_example("i4", 4, rng)], "in_domain_8.jsonl": [_example("i8", 8, rng)],
              "ood_qa.jsonl": [_example("f", 6, rng)], "ood_mc.jsonl": [_example("m", 6, rng, mc=True)]}  # fmt: skip
